@@ -1,0 +1,51 @@
+package main
+
+import (
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/portcullis-net/portcullis/pkg/policy"
+	"github.com/portcullis-net/portcullis/pkg/state"
+)
+
+func newAttachCommand(opts *options) *cobra.Command {
+	var cgroupPath, policyFile, id, netns string
+	cmd := &cobra.Command{
+		Use:   "attach --cgroup PATH --policy FILE [--id ID]",
+		Short: "Attach a policy to a cgroup (a container, a systemd unit, a batch job)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := policy.ParseFile(policyFile)
+			if err != nil {
+				return err
+			}
+			if id == "" {
+				id = defaultID(cgroupPath)
+			}
+			s, err := state.OpenOrLoad(opts.stateDir)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			a, err := s.Attach(state.AttachRequest{ID: id, Cgroup: cgroupPath, Policy: p, NetNS: netns, Owner: "portcullisctl"})
+			if err != nil {
+				return err
+			}
+			return render(cmd.OutOrStdout(), opts, a, attachmentHeader, [][]string{attachmentRow(a)})
+		},
+	}
+	cmd.Flags().StringVar(&cgroupPath, "cgroup", "", "cgroup v2 path, absolute or relative to the cgroup v2 mount (required)")
+	cmd.Flags().StringVar(&policyFile, "policy", "", "policy JSON file (required)")
+	cmd.Flags().StringVar(&id, "id", "", "attachment id (default: the cgroup's base name)")
+	cmd.Flags().StringVar(&netns, "netns", "", "network namespace whose addresses the policy uses (default: the host's)")
+	cmd.MarkFlagRequired("cgroup")
+	cmd.MarkFlagRequired("policy")
+	return cmd
+}
+
+// defaultID names an attachment after its cgroup's directory.
+func defaultID(cgroupPath string) string {
+	return filepath.Base(filepath.Clean(cgroupPath))
+}
+

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/portcullis-net/portcullis/pkg/state"
+)
+
+// statusReport is status' JSON form.
+type statusReport struct {
+	StateDir    string             `json:"stateDir"`
+	Loaded      bool               `json:"loaded"`
+	Attachments []state.Attachment `json:"attachments"`
+}
+
+var attachmentHeader = []string{"ID", "CGROUP", "ADDRESSES", "ALLOWED PORTS", "PORT MAPPINGS", "OWNER", "ATTACHED"}
+
+func attachmentRow(a *state.Attachment) []string {
+	var addrs, ports, maps []string
+	for _, ad := range a.Policy.Addresses {
+		addrs = append(addrs, ad.String())
+	}
+	for _, r := range a.Policy.AllowedPorts {
+		ports = append(ports, r.String())
+	}
+	for _, m := range a.Policy.PortMappings {
+		maps = append(maps, fmt.Sprintf("%d->%d/%s", m.ContainerPort, m.HostPort, m.Protocol))
+	}
+	return []string{
+		a.ID, a.CgroupPath,
+		orDash(strings.Join(addrs, ",")), orDash(strings.Join(ports, ",")), orDash(strings.Join(maps, ",")),
+		orDash(a.Owner), a.AttachedAt.Local().Format(time.RFC3339),
+	}
+}
+
+func newStatusCommand(opts *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show whether portcullis is loaded and every attachment",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			report := statusReport{StateDir: opts.stateDir, Attachments: []state.Attachment{}}
+			s, err := state.Open(opts.stateDir, false)
+			switch {
+			case errors.Is(err, state.ErrNotLoaded):
+			case err != nil:
+				return err
+			default:
+				defer s.Close()
+				report.Loaded = true
+				if report.Attachments, err = s.Attachments(); err != nil {
+					return err
+				}
+			}
+			if opts.output == "json" {
+				return render(cmd.OutOrStdout(), opts, report, nil, nil)
+			}
+			out := cmd.OutOrStdout()
+			if !report.Loaded {
+				fmt.Fprintf(out, "not loaded (%s)\n", report.StateDir)
+				return nil
+			}
+			fmt.Fprintf(out, "loaded in %s, %d attachments\n\n", report.StateDir, len(report.Attachments))
+			var rows [][]string
+			for i := range report.Attachments {
+				rows = append(rows, attachmentRow(&report.Attachments[i]))
+			}
+			return render(out, opts, nil, attachmentHeader, rows)
+		},
+	}
+}

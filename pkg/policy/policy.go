@@ -1,0 +1,312 @@
+// Package policy defines the portcullis policy document: what one container
+// (or any cgroup) may bind, which address it is pinned to, and how its ports
+// are remapped. The same document is accepted by `portcullisctl attach
+// --policy`, the CNI plugin's conf and the OCI hook's annotations.
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// MaxPortRanges is how many allowedPorts entries the kernel side holds
+// (MAX_PORT_RANGES in bpf/common.h).
+const MaxPortRanges = 16
+
+// Policy is one container's policy. The zero value allows everything and
+// pins nothing.
+type Policy struct {
+	// Addresses holds at most one IPv4 and one IPv6 address: wildcard binds
+	// are pinned to them and outgoing connections leave from them.
+	Addresses []netip.Addr `json:"addresses,omitempty"`
+	// AllowedPorts limits the ports the container may bind. Empty means
+	// any port.
+	AllowedPorts []PortRange `json:"allowedPorts,omitempty"`
+	// PortMappings rewrite a containerPort to a hostPort at bind time; the
+	// shape is that of the CNI portMappings capability.
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// PortRange is an inclusive range of ports, written "9090" or "18000-18010"
+// (a JSON number is accepted for a single port).
+type PortRange struct {
+	First, Last uint16
+}
+
+// PortMapping maps a container port to a host port for one protocol.
+type PortMapping struct {
+	ContainerPort uint16   `json:"containerPort"`
+	HostPort      uint16   `json:"hostPort"`
+	Protocol      Protocol `json:"protocol,omitempty"`
+	// HostIP is accepted for compatibility with the CNI capability; when
+	// set it must be one of the policy's addresses.
+	HostIP string `json:"hostIP,omitempty"`
+}
+
+// Protocol is "tcp" or "udp"; empty means tcp.
+type Protocol string
+
+// Protocols known to the kernel side.
+const (
+	TCP Protocol = "tcp"
+	UDP Protocol = "udp"
+)
+
+// Number returns the IP protocol number.
+func (p Protocol) Number() uint8 {
+	if p == UDP {
+		return 17
+	}
+	return 6
+}
+
+// Parse reads a policy document, rejecting unknown fields and invalid
+// values with an error that names the field.
+func Parse(data []byte) (*Policy, error) {
+	var p Policy
+	if err := decodeStrict(data, &p); err != nil {
+		return nil, fmt.Errorf("invalid policy: %w", err)
+	}
+	return &p, nil
+}
+
+// plain has Policy's fields without its methods, so UnmarshalJSON can
+// decode into it without recursing.
+type plain Policy
+
+// document is the wire form: the fields whose values need parsing are read
+// as raw values first so that errors can name the exact element.
+type document struct {
+	plain
+	Addresses    []string          `json:"addresses,omitempty"`
+	AllowedPorts []json.RawMessage `json:"allowedPorts,omitempty"`
+}
+
+// UnmarshalJSON decodes strictly (unknown fields are errors wherever the
+// policy is embedded) and validates.
+func (p *Policy) UnmarshalJSON(data []byte) error {
+	var doc document
+	if err := decodeStrict(data, &doc); err != nil {
+		return err
+	}
+	parsed := Policy(doc.plain)
+	for i, s := range doc.Addresses {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			if _, perr := netip.ParsePrefix(s); perr == nil {
+				return fmt.Errorf("addresses[%d]: %q is a prefix; give a single address", i, s)
+			}
+			return fmt.Errorf("addresses[%d]: %q is not an IP address", i, s)
+		}
+		parsed.Addresses = append(parsed.Addresses, a)
+	}
+	for i, raw := range doc.AllowedPorts {
+		var r PortRange
+		if err := r.UnmarshalJSON(raw); err != nil {
+			return fmt.Errorf("allowedPorts[%d]: %w", i, err)
+		}
+		parsed.AllowedPorts = append(parsed.AllowedPorts, r)
+	}
+	if err := parsed.Validate(); err != nil {
+		return err
+	}
+	*p = parsed
+	return nil
+}
+
+// ParseFile reads and parses a policy file.
+func ParseFile(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	p, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}
+
+// decodeStrict decodes one JSON value, failing on unknown fields and on
+// trailing data, and rewrites encoding/json's errors to name the field.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return describeJSONError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after the JSON document")
+	}
+	return nil
+}
+
+func describeJSONError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		return fmt.Errorf("%s: expected %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fmt.Errorf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	case err == io.EOF:
+		return errors.New("empty document")
+	}
+	return err
+}
+
+// Validate checks the values the JSON types cannot.
+func (p *Policy) Validate() error {
+	var have4, have6 bool
+	for i, a := range p.Addresses {
+		field := fmt.Sprintf("addresses[%d]", i)
+		switch {
+		case !a.IsValid() || a.IsUnspecified():
+			return fmt.Errorf("%s: %q is not a usable address", field, a)
+		case a.Zone() != "":
+			return fmt.Errorf("%s: %q: zones are not supported", field, a)
+		case a.Is4() || a.Is4In6():
+			if have4 {
+				return fmt.Errorf("%s: %s: only one IPv4 address per container", field, a)
+			}
+			have4 = true
+		default:
+			if have6 {
+				return fmt.Errorf("%s: %s: only one IPv6 address per container", field, a)
+			}
+			have6 = true
+		}
+		p.Addresses[i] = a.Unmap()
+	}
+	if len(p.AllowedPorts) > MaxPortRanges {
+		return fmt.Errorf("allowedPorts: %d ranges, at most %d are supported", len(p.AllowedPorts), MaxPortRanges)
+	}
+	type mapKey struct {
+		port  uint16
+		proto Protocol
+	}
+	containerPorts := map[mapKey]bool{}
+	hostPorts := map[mapKey]bool{}
+	for i := range p.PortMappings {
+		m := &p.PortMappings[i]
+		field := fmt.Sprintf("portMappings[%d]", i)
+		if m.Protocol == "" {
+			m.Protocol = TCP
+		}
+		m.Protocol = Protocol(strings.ToLower(string(m.Protocol)))
+		if m.Protocol != TCP && m.Protocol != UDP {
+			return fmt.Errorf("%s.protocol: %q is not tcp or udp", field, m.Protocol)
+		}
+		if m.ContainerPort == 0 {
+			return fmt.Errorf("%s.containerPort: must be 1-65535", field)
+		}
+		if m.HostPort == 0 {
+			return fmt.Errorf("%s.hostPort: must be 1-65535", field)
+		}
+		if m.HostIP != "" {
+			ip, err := netip.ParseAddr(m.HostIP)
+			if err != nil {
+				return fmt.Errorf("%s.hostIP: %q is not an IP address", field, m.HostIP)
+			}
+			if !ip.IsUnspecified() && !p.hasAddress(ip.Unmap()) {
+				return fmt.Errorf("%s.hostIP: %s is not one of the policy's addresses", field, ip)
+			}
+		}
+		ck := mapKey{m.ContainerPort, m.Protocol}
+		if containerPorts[ck] {
+			return fmt.Errorf("%s: containerPort %d/%s is mapped twice", field, m.ContainerPort, m.Protocol)
+		}
+		containerPorts[ck] = true
+		hk := mapKey{m.HostPort, m.Protocol}
+		if hostPorts[hk] {
+			return fmt.Errorf("%s: hostPort %d/%s is the target of two mappings", field, m.HostPort, m.Protocol)
+		}
+		hostPorts[hk] = true
+	}
+	return nil
+}
+
+func (p *Policy) hasAddress(a netip.Addr) bool {
+	for _, have := range p.Addresses {
+		if have == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Address returns the policy's IPv4 or IPv6 address.
+func (p *Policy) Address(v6 bool) (netip.Addr, bool) {
+	for _, a := range p.Addresses {
+		if a.Is6() == v6 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// UnmarshalJSON accepts "N", "N-M" or a JSON number.
+func (r *PortRange) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		var n json.Number
+		if json.Unmarshal(data, &n) != nil {
+			return fmt.Errorf("port range must be a string like \"8000-8010\" or a number, got %s", data)
+		}
+		s = n.String()
+	}
+	parsed, err := ParsePortRange(s)
+	if err != nil {
+		return err
+	}
+	*r = parsed
+	return nil
+}
+
+// MarshalJSON writes the range in its canonical string form.
+func (r PortRange) MarshalJSON() ([]byte, error) {
+	return json.Marshal(r.String())
+}
+
+func (r PortRange) String() string {
+	if r.First == r.Last {
+		return strconv.Itoa(int(r.First))
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// ParsePortRange parses "N" or "N-M" with 1 <= N <= M <= 65535.
+func ParsePortRange(s string) (PortRange, error) {
+	first, last, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	lo, err := parsePort(first)
+	if err != nil {
+		return PortRange{}, fmt.Errorf("port range %q: %w", s, err)
+	}
+	hi := lo
+	if isRange {
+		if hi, err = parsePort(last); err != nil {
+			return PortRange{}, fmt.Errorf("port range %q: %w", s, err)
+		}
+	}
+	if hi < lo {
+		return PortRange{}, fmt.Errorf("port range %q: end is below start", s)
+	}
+	return PortRange{First: lo, Last: hi}, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%q is not a port (1-65535)", s)
+	}
+	return uint16(n), nil
+}

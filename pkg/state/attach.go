@@ -1,0 +1,379 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/hostaddr"
+	"github.com/portcullis-net/portcullis/pkg/policy"
+)
+
+// ErrNotFound is returned for an attachment id that does not exist.
+var ErrNotFound = errors.New("no such attachment")
+
+// Attachment is what the state records about one attached cgroup.
+type Attachment struct {
+	ID         string        `json:"id"`
+	CgroupPath string        `json:"cgroupPath"`
+	CgroupID   uint64        `json:"cgroupId"`
+	Policy     policy.Policy `json:"policy"`
+	AttachedAt time.Time     `json:"attachedAt"`
+	// Owner says which tool attached it: "portcullisctl", "cni", "oci-hook".
+	Owner string `json:"owner,omitempty"`
+	// NetNS is the network namespace the container's sockets live in, when
+	// it has its own.
+	NetNS string `json:"netns,omitempty"`
+}
+
+// Cgroup returns the attached cgroup.
+func (a *Attachment) Cgroup() cgroup.Cgroup {
+	return cgroup.Cgroup{Path: a.CgroupPath, ID: a.CgroupID}
+}
+
+// AttachRequest asks for a policy on a cgroup.
+type AttachRequest struct {
+	ID     string
+	Cgroup string // absolute or relative to the cgroup v2 mount
+	Policy *policy.Policy
+	// NetNS is the network namespace whose addresses the policy's
+	// addresses must belong to; empty means the caller's.
+	NetNS string
+	Owner string
+}
+
+// attachmentIDMax is the size of the kernel record key, NUL included.
+const attachmentIDMax = len(bpfobj.PortcullisAttachmentId{}.Id)
+
+// bpffs refuses names with a dot, and "_" starts the temporary folders.
+var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_:-]*$`)
+
+// ValidateID checks that an attachment id can name a bpffs folder and fits
+// the kernel's record key.
+func ValidateID(id string) error {
+	if len(id) == 0 || len(id) >= attachmentIDMax {
+		return fmt.Errorf("attachment id %q: must be 1-%d characters", id, attachmentIDMax-1)
+	}
+	if !validID.MatchString(id) {
+		return fmt.Errorf("attachment id %q: must start with a letter or digit; then letters, digits and _ : - (bpffs refuses dots)", id)
+	}
+	return nil
+}
+
+// Attach records the policy in the maps and attaches every cgroup program
+// to the cgroup with a pinned bpf_link. On any error everything done so far
+// is undone: nothing is left half-attached.
+func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
+	if err := ValidateID(req.ID); err != nil {
+		return nil, err
+	}
+	if req.Policy == nil {
+		req.Policy = &policy.Policy{}
+	}
+	cg, err := cgroup.Resolve(req.Cgroup)
+	if err != nil {
+		return nil, err
+	}
+	if existing, err := s.Get(req.ID); err == nil {
+		return nil, fmt.Errorf("attachment %q already exists (cgroup %s); detach it first", req.ID, existing.CgroupPath)
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	if holder, err := s.attachmentOfCgroup(cg.ID); err != nil {
+		return nil, err
+	} else if holder != "" {
+		return nil, fmt.Errorf("cgroup %s is already attached as %q", cg.Path, holder)
+	}
+	if err := hostaddr.CheckLocal(req.NetNS, req.Policy.Addresses); err != nil {
+		return nil, err
+	}
+
+	a := &Attachment{
+		ID:         req.ID,
+		CgroupPath: cg.Path,
+		CgroupID:   cg.ID,
+		Policy:     *req.Policy,
+		AttachedAt: now().UTC().Truncate(time.Second),
+		Owner:      req.Owner,
+		NetNS:      req.NetNS,
+	}
+	record, err := encodeRecord(a)
+	if err != nil {
+		return nil, err
+	}
+
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run()
+		}
+	}()
+	compiled, err := compile(cg.ID, req.Policy)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range compiled.portmaps {
+		if err := s.put(s.portmaps, &e.key, &e.value); err != nil {
+			return nil, err
+		}
+		key := e.key
+		undo.push(func() { s.portmaps.Delete(&key) })
+	}
+	if err := s.put(s.policies, &cg.ID, &compiled.policy); err != nil {
+		return nil, err
+	}
+	undo.push(func() { s.policies.Delete(&cg.ID) })
+
+	// Links are pinned in a temporary folder and renamed into place, so
+	// an attachment's folder is always complete.
+	tmp := filepath.Join(s.dir, "cgroups", "_tmp-"+req.ID)
+	os.RemoveAll(tmp)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	undo.push(func() { detachLinks(tmp) })
+	for _, name := range s.cgroupProgramNames() {
+		l, err := link.AttachCgroup(link.CgroupOptions{
+			Path:    cg.Path,
+			Attach:  s.spec.Programs[name].AttachType,
+			Program: s.programs[name],
+		})
+		if err != nil {
+			return nil, fmt.Errorf("attach %s to %s: %w", name, cg.Path, err)
+		}
+		err = l.Pin(filepath.Join(tmp, name))
+		l.Close()
+		if err != nil {
+			return nil, fmt.Errorf("pin link %s (needs bpf_link support, kernel 5.7+): %w", name, err)
+		}
+	}
+	final := s.linkDir(req.ID)
+	if err := os.Rename(tmp, final); err != nil {
+		return nil, err
+	}
+	undo.push(func() { detachLinks(final) })
+	if err := s.put(s.records, recordKey(req.ID), record); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Detach removes an attachment: its links (synchronously, so the cgroup's
+// sockets see the change when Detach returns), its map entries and its
+// record. It returns ErrNotFound for an unknown id.
+func (s *State) Detach(id string) error {
+	a, err := s.Get(id)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			// A crash between pinning and recording can leave a
+			// folder without a record; remove it too.
+			if _, statErr := os.Stat(s.linkDir(id)); statErr == nil {
+				return detachLinks(s.linkDir(id))
+			}
+		}
+		return err
+	}
+	if err := detachLinks(s.linkDir(id)); err != nil {
+		return err
+	}
+	compiled, err := compile(a.CgroupID, &a.Policy)
+	if err == nil {
+		for _, e := range compiled.portmaps {
+			s.portmaps.Delete(&e.key)
+		}
+	}
+	if err := s.policies.Delete(&a.CgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
+	if err := s.records.Delete(recordKey(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
+	return nil
+}
+
+// Get returns one attachment's record.
+func (s *State) Get(id string) (*Attachment, error) {
+	if ValidateID(id) != nil {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	var rec bpfobj.PortcullisRecord
+	if err := s.records.Lookup(recordKey(id), &rec); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+		}
+		return nil, err
+	}
+	return decodeRecord(&rec)
+}
+
+// Attachments lists every attachment, sorted by id.
+func (s *State) Attachments() ([]Attachment, error) {
+	var (
+		key  bpfobj.PortcullisAttachmentId
+		rec  bpfobj.PortcullisRecord
+		list []Attachment
+	)
+	iter := s.records.Iterate()
+	for iter.Next(&key, &rec) {
+		a, err := decodeRecord(&rec)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, *a)
+	}
+	if err := iter.Err(); err != nil {
+		return nil, err
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	return list, nil
+}
+
+// LinkPaths returns the pinned link paths of an attachment.
+func (s *State) LinkPaths(id string) ([]string, error) {
+	return filepath.Glob(filepath.Join(s.linkDir(id), "*"))
+}
+
+// CgroupProgramNames lists the programs attached to every cgroup.
+func (s *State) cgroupProgramNames() []string {
+	var names []string
+	for name, spec := range s.spec.Programs {
+		switch spec.Type {
+		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt:
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// VerifyLinks checks that an attachment has one live link per cgroup
+// program, each attached to the recorded cgroup.
+func (s *State) VerifyLinks(a *Attachment) error {
+	for _, name := range s.cgroupProgramNames() {
+		path := filepath.Join(s.linkDir(a.ID), name)
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("attachment %s: link %s is not pinned: %w", a.ID, name, err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("attachment %s: link %s: %w", a.ID, name, err)
+		}
+		cg := info.Cgroup()
+		if cg == nil || cg.CgroupId != a.CgroupID {
+			return fmt.Errorf("attachment %s: link %s is not attached to cgroup %s (was the cgroup removed?)", a.ID, name, a.CgroupPath)
+		}
+	}
+	return nil
+}
+
+func (s *State) linkDir(id string) string {
+	return filepath.Join(s.dir, "cgroups", id)
+}
+
+func (s *State) attachmentOfCgroup(id uint64) (string, error) {
+	list, err := s.Attachments()
+	if err != nil {
+		return "", err
+	}
+	for _, a := range list {
+		if a.CgroupID == id {
+			return a.ID, nil
+		}
+	}
+	return "", nil
+}
+
+// put inserts or replaces a map entry, turning a full map into an error
+// the operator can act on.
+func (s *State) put(m *ebpf.Map, key, value any) error {
+	err := m.Update(key, value, ebpf.UpdateAny)
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
+		info, _ := m.Info()
+		name := "?"
+		if info != nil {
+			name = info.Name
+		}
+		return fmt.Errorf("BPF map %s is full (%d entries): detach unused attachments", name, m.MaxEntries())
+	}
+	if err != nil {
+		return fmt.Errorf("update BPF map: %w", err)
+	}
+	return nil
+}
+
+// detachLinks detaches and unpins every link in dir, then removes dir.
+// Each link is detached through its own fd so the cgroup sees the change
+// at once (dropping only the pin releases the link asynchronously).
+func detachLinks(dir string) error {
+	paths, _ := filepath.Glob(filepath.Join(dir, "*"))
+	var errs []error
+	for _, path := range paths {
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, os.Remove(path))
+			continue
+		}
+		l.Detach() // fails harmlessly on links already defunct
+		errs = append(errs, l.Unpin())
+		l.Close()
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func recordKey(id string) *bpfobj.PortcullisAttachmentId {
+	var key bpfobj.PortcullisAttachmentId
+	copy(key.Id[:], id)
+	return &key
+}
+
+func encodeRecord(a *Attachment) (*bpfobj.PortcullisRecord, error) {
+	data, err := json.Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	var rec bpfobj.PortcullisRecord
+	if len(data) > len(rec.Data) {
+		return nil, fmt.Errorf("policy too large: the attachment record is %d bytes, at most %d fit", len(data), len(rec.Data))
+	}
+	rec.Len = uint32(len(data))
+	copy(rec.Data[:], data)
+	return &rec, nil
+}
+
+func decodeRecord(rec *bpfobj.PortcullisRecord) (*Attachment, error) {
+	if int(rec.Len) > len(rec.Data) {
+		return nil, errors.New("corrupt attachment record")
+	}
+	var a Attachment
+	if err := json.Unmarshal(rec.Data[:rec.Len], &a); err != nil {
+		return nil, fmt.Errorf("corrupt attachment record: %w", err)
+	}
+	return &a, nil
+}
+
+// undoStack collects the steps that reverse a partly done change.
+type undoStack []func()
+
+func (u *undoStack) push(f func()) { *u = append(*u, f) }
+
+func (u undoStack) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}

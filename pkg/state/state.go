@@ -1,0 +1,257 @@
+// Package state owns portcullis' pinned state in bpffs: one set of programs
+// and maps loaded once, and one folder of pinned bpf_links per attachment.
+// There is no daemon; every tool opens the same pinned objects, and a flock
+// on the state directory serialises writers.
+//
+// Layout under the state directory (default /sys/fs/bpf/portcullis):
+//
+//	progs/<name>          the loaded programs
+//	maps/<name>           the maps (policies, port mappings, records, ...)
+//	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
+package state
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+)
+
+// DefaultDir is where the state is pinned unless PORTCULLIS_STATE_DIR says
+// otherwise (tests use their own directory).
+const DefaultDir = "/sys/fs/bpf/portcullis"
+
+// ErrNotLoaded is returned by Open when no state is pinned.
+var ErrNotLoaded = errors.New("portcullis is not loaded (run portcullisctl load)")
+
+// Dir returns the state directory to use: $PORTCULLIS_STATE_DIR or
+// DefaultDir.
+func Dir() string {
+	if d := os.Getenv("PORTCULLIS_STATE_DIR"); d != "" {
+		return d
+	}
+	return DefaultDir
+}
+
+// State is an open, locked view of the pinned state.
+type State struct {
+	dir      string
+	lock     *os.File
+	policies *ebpf.Map
+	portmaps *ebpf.Map
+	records  *ebpf.Map
+	programs map[string]*ebpf.Program
+	spec     *ebpf.CollectionSpec
+}
+
+// Dir is the state directory.
+func (s *State) Dir() string { return s.dir }
+
+// Load pins the programs and maps if they are not pinned yet. It builds the
+// state in a temporary directory and renames it into place, so a crash
+// leaves either nothing or a complete state. It reports whether it loaded.
+func Load(dir string) (bool, error) {
+	parent := filepath.Dir(dir)
+	if err := ensureBPFFS(parent); err != nil {
+		return false, err
+	}
+	// The state directory does not exist yet, so creation is serialised
+	// on its parent.
+	unlock, err := flock(parent, unix.LOCK_EX)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	if _, err := os.Stat(dir); err == nil {
+		return false, nil
+	}
+
+	spec, err := bpfobj.LoadPortcullis()
+	if err != nil {
+		return false, err
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return false, explainLoadError(err)
+	}
+	defer coll.Close()
+
+	tmp, err := os.MkdirTemp(parent, "portcullis-tmp-")
+	if err != nil {
+		return false, fmt.Errorf("create state: %w", err)
+	}
+	defer os.RemoveAll(tmp) // a no-op once renamed
+	for _, sub := range []string{"progs", "maps", "cgroups"} {
+		if err := os.Mkdir(filepath.Join(tmp, sub), 0o700); err != nil {
+			return false, err
+		}
+	}
+	for name, m := range coll.Maps {
+		if err := m.Pin(filepath.Join(tmp, "maps", name)); err != nil {
+			return false, fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	for name, p := range coll.Programs {
+		if err := p.Pin(filepath.Join(tmp, "progs", name)); err != nil {
+			return false, fmt.Errorf("pin program %s: %w", name, err)
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return false, fmt.Errorf("create state %s: %w", dir, err)
+	}
+	return true, nil
+}
+
+// Open locks the state directory (exclusive for writers, shared for
+// readers) and opens the pinned objects.
+func Open(dir string, exclusive bool) (*State, error) {
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	lock, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotLoaded
+	} else if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), how); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	s := &State{dir: dir, lock: lock, programs: map[string]*ebpf.Program{}}
+	if err := s.openObjects(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenOrLoad loads the state if it is absent and opens it for writing: the
+// path every attach takes.
+func OpenOrLoad(dir string) (*State, error) {
+	if _, err := Load(dir); err != nil {
+		return nil, err
+	}
+	return Open(dir, true)
+}
+
+func (s *State) openObjects() error {
+	var err error
+	if s.spec, err = bpfobj.LoadPortcullis(); err != nil {
+		return err
+	}
+	maps := map[string]**ebpf.Map{
+		bpfobj.PortcullisMapPolicies:    &s.policies,
+		bpfobj.PortcullisMapPortmaps:    &s.portmaps,
+		bpfobj.PortcullisMapAttachments: &s.records,
+	}
+	for name, dst := range maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
+		}
+		*dst = m
+	}
+	for name := range s.spec.Programs {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(s.dir, "progs", name), nil)
+		if err != nil {
+			return fmt.Errorf("open pinned program %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
+		}
+		s.programs[name] = p
+	}
+	return nil
+}
+
+// Close releases the objects and the lock.
+func (s *State) Close() {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	for _, p := range s.programs {
+		p.Close()
+	}
+	if s.lock != nil {
+		s.lock.Close() // drops the flock
+	}
+}
+
+// Unload removes the pinned state. With attachments present it refuses
+// unless force is set, in which case it detaches them first.
+func Unload(dir string, force bool) error {
+	s, err := Open(dir, true)
+	if errors.Is(err, ErrNotLoaded) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer s.Close()
+	list, err := s.Attachments()
+	if err != nil {
+		return err
+	}
+	if len(list) > 0 && !force {
+		return fmt.Errorf("%d attachments exist (first: %s); detach them or use --force", len(list), list[0].ID)
+	}
+	for _, a := range list {
+		if err := s.Detach(a.ID); err != nil {
+			return err
+		}
+	}
+	// Rename first so no other process opens a half-removed state.
+	tmp := filepath.Join(filepath.Dir(dir), "portcullis-unload-"+strconv.Itoa(os.Getpid()))
+	if err := os.Rename(dir, tmp); err != nil {
+		return fmt.Errorf("unload: %w", err)
+	}
+	return os.RemoveAll(tmp)
+}
+
+func flock(path string, how int) (func(), error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// ensureBPFFS mounts bpffs on dir when dir is not on bpffs already.
+func ensureBPFFS(dir string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err == nil && fs.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("bpffs: %w", err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("%s is not bpffs and mounting it failed: %w (mount -t bpf bpf %s)", dir, err, dir)
+	}
+	return nil
+}
+
+func explainLoadError(err error) error {
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("the kernel refused the portcullis programs (run portcullisctl doctor): %w", err)
+	}
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN): %w", err)
+	}
+	return fmt.Errorf("load BPF programs: %w", err)
+}
+
+// now is replaced in tests.
+var now = time.Now
