@@ -9,6 +9,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
+func init() { register(newAttachCommand) }
+
 func newAttachCommand(opts *options) *cobra.Command {
 	var cgroupPath, policyFile, id, netns string
 	cmd := &cobra.Command{
@@ -48,4 +50,3 @@ func newAttachCommand(opts *options) *cobra.Command {
 func defaultID(cgroupPath string) string {
 	return filepath.Base(filepath.Clean(cgroupPath))
 }
-

@@ -11,6 +11,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
+func init() { register(newDetachCommand) }
+
 func newDetachCommand(opts *options) *cobra.Command {
 	var id, cgroupPath string
 	cmd := &cobra.Command{

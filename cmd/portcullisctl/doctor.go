@@ -8,6 +8,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/kernel"
 )
 
+func init() { register(newDoctorCommand) }
+
 func newDoctorCommand(opts *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "doctor",

@@ -8,6 +8,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
+func init() { register(newLoadCommand) }
+
 func newLoadCommand(opts *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "load",

@@ -34,15 +34,18 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&opts.stateDir, "state-dir", state.Dir(), "bpffs directory of the pinned state ($PORTCULLIS_STATE_DIR)")
 	root.PersistentFlags().StringVarP(&opts.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(
-		newDoctorCommand(opts),
-		newLoadCommand(opts),
-		newUnloadCommand(opts),
-		newStatusCommand(opts),
-		newAttachCommand(opts),
-		newDetachCommand(opts),
-	)
+	for _, newCommand := range verbs {
+		root.AddCommand(newCommand(opts))
+	}
 	return root
+}
+
+// verbs holds each verb's constructor; every verb's file registers itself
+// in init, so adding a verb touches only its own file.
+var verbs []func(*options) *cobra.Command
+
+func register(newCommand func(*options) *cobra.Command) {
+	verbs = append(verbs, newCommand)
 }
 
 func main() {

@@ -38,6 +38,8 @@ func attachmentRow(a *state.Attachment) []string {
 	}
 }
 
+func init() { register(newStatusCommand) }
+
 func newStatusCommand(opts *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",

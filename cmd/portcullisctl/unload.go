@@ -8,6 +8,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
+func init() { register(newUnloadCommand) }
+
 func newUnloadCommand(opts *options) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{

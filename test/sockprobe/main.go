@@ -1,0 +1,231 @@
+// Command sockprobe is the static (CGO_ENABLED=0, no libc) client and
+// server the tests run inside containers' cgroups. It makes its sockets with
+// raw syscalls so the test controls family, dual-stack and v4-mapped
+// addresses exactly, and reports every result as one JSON line on stdout.
+//
+//	sockprobe listen  -proto tcp|udp -addr ADDR:PORT [-name NAME]
+//	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold]
+//
+// listen binds (and listens, for TCP), prints {"ok":true,"local":...} and
+// serves until killed: a TCP peer gets "NAME\n", a UDP datagram is answered
+// with "NAME". connect prints local and peer addresses (getsockname,
+// getpeername) and what the peer sent; -hold then keeps the socket open and
+// prints the error that ends it.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+type result struct {
+	OK    bool   `json:"ok"`
+	Event string `json:"event,omitempty"`
+	Local string `json:"local,omitempty"`
+	Peer  string `json:"peer,omitempty"`
+	Reply string `json:"reply,omitempty"`
+	Errno string `json:"errno,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+func emit(r result) {
+	data, _ := json.Marshal(r)
+	os.Stdout.Write(append(data, '\n'))
+}
+
+func fail(event string, err error) {
+	r := result{Event: event, Error: err.Error()}
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		r.Errno = unix.ErrnoName(errno)
+	}
+	emit(r)
+	os.Exit(1)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: sockprobe listen|connect -proto tcp|udp -addr ADDR:PORT")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	proto := fs.String("proto", "tcp", "tcp or udp")
+	addr := fs.String("addr", "", "address:port to bind or connect to")
+	name := fs.String("name", "server", "what a server answers")
+	send := fs.String("send", "hello", "what a UDP client sends")
+	hold := fs.Bool("hold", false, "keep the connection open and report how it ends")
+	fs.Parse(os.Args[2:])
+	ap, err := netip.ParseAddrPort(*addr)
+	if err != nil {
+		fail("parse", err)
+	}
+	fd := socket(ap, *proto)
+	switch os.Args[1] {
+	case "listen":
+		serve(fd, ap, *proto, *name)
+	case "connect":
+		dial(fd, ap, *proto, *send, *hold)
+	default:
+		fail("usage", fmt.Errorf("unknown command %q", os.Args[1]))
+	}
+}
+
+// socket makes an AF_INET socket for an IPv4 address and a dual-stack
+// AF_INET6 socket for anything written as IPv6 (v4-mapped included).
+func socket(ap netip.AddrPort, proto string) int {
+	family := unix.AF_INET
+	if ap.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	typ := unix.SOCK_STREAM
+	if proto == "udp" {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fail("socket", err)
+	}
+	if family == unix.AF_INET6 {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	return fd
+}
+
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+}
+
+func format(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	}
+	return ""
+}
+
+func local(fd int) string {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return format(sa)
+}
+
+func serve(fd int, ap netip.AddrPort, proto, name string) {
+	if err := unix.Bind(fd, sockaddr(ap)); err != nil {
+		fail("bind", err)
+	}
+	if proto == "tcp" {
+		if err := unix.Listen(fd, 128); err != nil {
+			fail("listen", err)
+		}
+	}
+	emit(result{OK: true, Event: "listening", Local: local(fd)})
+	if proto == "udp" {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				fail("recvfrom", err)
+			}
+			emit(result{OK: true, Event: "datagram", Peer: format(from), Reply: string(buf[:n])})
+			unix.Sendto(fd, []byte(name), 0, from)
+		}
+	}
+	for {
+		conn, from, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			fail("accept", err)
+		}
+		emit(result{OK: true, Event: "accept", Peer: format(from), Local: local(conn)})
+		// Hold the connection open so clients can keep it; the kernel
+		// frees it when the server exits.
+		go func(c int) {
+			unix.Write(c, []byte(name+"\n"))
+			buf := make([]byte, 64)
+			for {
+				if n, err := unix.Read(c, buf); n <= 0 || err != nil {
+					unix.Close(c)
+					return
+				}
+			}
+		}(conn)
+	}
+}
+
+func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
+	if err := unix.Connect(fd, sockaddr(ap)); err != nil {
+		fail("connect", err)
+	}
+	r := result{OK: true, Event: "connected", Local: local(fd)}
+	if sa, err := unix.Getpeername(fd); err == nil {
+		r.Peer = format(sa)
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
+	buf := make([]byte, 2048)
+	if proto == "udp" {
+		if _, err := unix.Write(fd, []byte(send)); err != nil {
+			fail("send", err)
+		}
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			fail("recv", err)
+		}
+		r.Reply = string(buf[:n])
+		if from != nil {
+			r.Peer = format(from)
+		}
+	} else {
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			fail("read", err)
+		}
+		r.Reply = strings.TrimSpace(string(buf[:n]))
+	}
+	emit(r)
+	if !hold {
+		return
+	}
+	// Report how the connection ends: for TCP a read error or EOF, for
+	// connected UDP the error of the next send or receive.
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
+	for {
+		var err error
+		var n int
+		if proto == "udp" {
+			if _, err = unix.Write(fd, []byte(send)); err == nil {
+				n, _, err = unix.Recvfrom(fd, buf, 0)
+				if errors.Is(err, unix.EAGAIN) {
+					err = nil
+				}
+			}
+		} else {
+			n, err = unix.Read(fd, buf)
+			if errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			if err == nil && n == 0 {
+				emit(result{Event: "closed", Error: "EOF"})
+				os.Exit(1)
+			}
+		}
+		if err != nil {
+			fail("hold", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
