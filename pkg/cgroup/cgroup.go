@@ -109,7 +109,11 @@ func OfPID(pid int) (Cgroup, error) {
 	if err != nil {
 		return Cgroup{}, fmt.Errorf("cgroup of process %d: %w", pid, err)
 	}
-	return Resolve(rel)
+	mount, err := Mount()
+	if err != nil {
+		return Cgroup{}, err
+	}
+	return Resolve(filepath.Join(mount, rel))
 }
 
 // ParseProcCgroup extracts the v2 path from the contents of /proc/PID/cgroup.

@@ -160,6 +160,8 @@ func describeJSONError(err error) error {
 		return fmt.Errorf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	case err == io.EOF:
 		return errors.New("empty document")
+	case err == io.ErrUnexpectedEOF:
+		return errors.New("malformed JSON: the document ends early")
 	}
 	return err
 }

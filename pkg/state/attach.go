@@ -260,6 +260,11 @@ func (s *State) cgroupProgramNames() []string {
 // VerifyLinks checks that an attachment has one live link per cgroup
 // program, each attached to the recorded cgroup.
 func (s *State) VerifyLinks(a *Attachment) error {
+	// The kernel detaches a removed cgroup's links asynchronously, so the
+	// directory is checked first.
+	if !a.Cgroup().Exists() {
+		return fmt.Errorf("attachment %s: cgroup %s no longer exists", a.ID, a.CgroupPath)
+	}
 	for _, name := range s.cgroupProgramNames() {
 		path := filepath.Join(s.linkDir(a.ID), name)
 		l, err := link.LoadPinnedLink(path, nil)
