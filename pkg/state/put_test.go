@@ -22,4 +22,3 @@ func TestPutIntoFullMapNamesTheMap(t *testing.T) {
 		t.Fatalf("put into a full map: %v", err)
 	}
 }
-
