@@ -4,15 +4,21 @@ PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 BIN := bin
 
-.PHONY: all build generate check-generated test unit-test bench demo install clean lint
+.PHONY: all deps build generate check-generated test unit-test bench demo install clean lint
 
 all: build
+
+# Debian packages (clang-19, bpftool, runc, containerd, busybox-static, ...)
+# and the bpffs mount. Installs only what is missing.
+deps:
+	./scripts/install-deps.sh
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/... ./plugins/... ./hooks/...
 
 # Rebuild the BPF objects and Go bindings from bpf/*.c (needs clang-19).
 generate:
+	@command -v clang-19 >/dev/null || $(MAKE) deps
 	$(GO) generate ./pkg/bpfobj/...
 
 check-generated: generate
@@ -27,16 +33,21 @@ unit-test:
 
 # All tests: unit, integration (real programs in real cgroups/netns) and
 # end-to-end (real runtimes). Needs root.
-test: lint build
+test: deps lint build
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
 
-bench: build
+bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./test/bench/...
 
-demo: build
+demo: deps build
 	./scripts/demo.sh
 
 install: build
+
+# Debian packages (clang-19, bpftool, runc, containerd, busybox-static, ...)
+# and the bpffs mount. Installs only what is missing.
+deps:
+	./scripts/install-deps.sh
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR)
 	install -m 0755 $(BIN)/portcullisctl $(BIN)/portcullis-hook $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(BIN)/portcullis $(DESTDIR)$(CNI_BIN_DIR)/
