@@ -4,7 +4,7 @@ PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 BIN := bin
 
-.PHONY: all deps build generate check-generated test unit-test bench demo install clean lint
+.PHONY: all deps build generate check-generated lint unit-test test bench demo install clean
 
 all: build
 
@@ -43,11 +43,6 @@ demo: deps build
 	./scripts/demo.sh
 
 install: build
-
-# Debian packages (clang-19, bpftool, runc, containerd, busybox-static, ...)
-# and the bpffs mount. Installs only what is missing.
-deps:
-	./scripts/install-deps.sh
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR)
 	install -m 0755 $(BIN)/portcullisctl $(BIN)/portcullis-hook $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(BIN)/portcullis $(DESTDIR)$(CNI_BIN_DIR)/
