@@ -257,6 +257,24 @@ func TestOutgoingConnectionsLeaveFromPinnedAddress(t *testing.T) {
 			}
 		})
 	}
+	for _, tc := range []struct {
+		name, dst, wantSrc string
+		server             *testenv.Proc
+	}{
+		{"unconnected udp4 (sendto)", "10.200.0.1:9001", "10.200.0.2", udp4p},
+		{"unconnected udp6 (sendto)", "[fd00::1]:9001", "[fd00::2]", udp6p},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := w.probeIn(t, w.cg, "connect", "-proto", "udp", "-sendto", "-addr", tc.dst)
+			if !r.OK || r.Peer != tc.dst {
+				t.Fatalf("sendto %s: %+v", tc.dst, r)
+			}
+			seen := testenv.ParseProbe(t, tc.server.Line(t, 5*time.Second))
+			if !strings.HasPrefix(seen.Peer, tc.wantSrc+":") {
+				t.Fatalf("server got the datagram from %s, want %s", seen.Peer, tc.wantSrc)
+			}
+		})
+	}
 	t.Run("loopback destination keeps working", func(t *testing.T) {
 		srv, _ := w.probeIn(t, cgroup.Cgroup{}, "listen", "-proto", "tcp", "-addr", "127.0.0.1:9002")
 		if !srv.OK {

@@ -4,13 +4,14 @@
 // addresses exactly, and reports every result as one JSON line on stdout.
 //
 //	sockprobe listen  -proto tcp|udp -addr ADDR:PORT [-name NAME]
-//	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold]
+//	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold] [-sendto]
 //
 // listen binds (and listens, for TCP), prints {"ok":true,"local":...} and
 // serves until killed: a TCP peer gets "NAME\n", a UDP datagram is answered
 // with "NAME". connect prints local and peer addresses (getsockname,
 // getpeername) and what the peer sent; -hold then keeps the socket open and
-// prints the error that ends it.
+// prints the error that ends it. -sendto (UDP) sends one datagram on an
+// unconnected socket with sendto(2) and reports the reply's source.
 package main
 
 import (
@@ -62,6 +63,7 @@ func main() {
 	name := fs.String("name", "server", "what a server answers")
 	send := fs.String("send", "hello", "what a UDP client sends")
 	hold := fs.Bool("hold", false, "keep the connection open and report how it ends")
+	sendto := fs.Bool("sendto", false, "UDP: use sendto on an unconnected socket")
 	fs.Parse(os.Args[2:])
 	ap, err := netip.ParseAddrPort(*addr)
 	if err != nil {
@@ -72,6 +74,9 @@ func main() {
 	case "listen":
 		serve(fd, ap, *proto, *name)
 	case "connect":
+		if *sendto {
+			datagram(fd, ap, *send)
+		}
 		dial(fd, ap, *proto, *send, *hold)
 	default:
 		fail("usage", fmt.Errorf("unknown command %q", os.Args[1]))
@@ -165,6 +170,22 @@ func serve(fd int, ap netip.AddrPort, proto, name string) {
 			}
 		}(conn)
 	}
+}
+
+// datagram sends one datagram with sendto(2) on an unconnected socket and
+// reports who answered.
+func datagram(fd int, ap netip.AddrPort, send string) {
+	if err := unix.Sendto(fd, []byte(send), 0, sockaddr(ap)); err != nil {
+		fail("sendto", err)
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
+	buf := make([]byte, 2048)
+	n, from, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		fail("recvfrom", err)
+	}
+	emit(result{OK: true, Event: "reply", Local: local(fd), Peer: format(from), Reply: string(buf[:n])})
+	os.Exit(0)
 }
 
 func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
