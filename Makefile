@@ -3,6 +3,8 @@ GO ?= go
 PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
 BIN := bin
+# The programs: portcullisctl, the CNI plugin and the OCI hook.
+COMMANDS := ./cmd/... $(if $(wildcard plugins/*),./plugins/...) $(if $(wildcard hooks/*),./hooks/...)
 
 .PHONY: all deps build generate check-generated lint unit-test test bench demo install clean
 
@@ -14,7 +16,7 @@ deps:
 	./scripts/install-deps.sh
 
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/... ./plugins/... ./hooks/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(COMMANDS)
 
 # Rebuild the BPF objects and Go bindings from bpf/*.c (needs clang-19).
 generate:
