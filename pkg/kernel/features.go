@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -67,8 +68,7 @@ func Check(bpffsDir string) []Feature {
 	add("iterator tcp", false, haveKernelType[*btf.Struct]("bpf_iter__tcp"), "socket termination")
 	add("iterator udp", false, haveKernelType[*btf.Struct]("bpf_iter__udp"), "socket termination")
 
-	err = loadAndAttach(mount)
-	add("programs load and attach (bpf_link)", true, err, "every cgroup attach type portcullis uses")
+	out = append(out, attachTypes(mount)...)
 	return out
 }
 
@@ -126,39 +126,61 @@ func haveKernelType[T btf.Type](name string) error {
 	return nil
 }
 
-// loadAndAttach loads the real programs and attaches each one to a fresh,
-// empty cgroup, then removes it: the definitive probe.
-func loadAndAttach(mount string) error {
+// attachTypes loads the real programs and attaches each one with a
+// bpf_link to a fresh, empty cgroup, which is then removed: one line per
+// attach type, the definitive probe.
+func attachTypes(mount string) []Feature {
+	fail := func(err error) []Feature {
+		return []Feature{{Name: "load portcullis programs", Required: true, Detail: err.Error()}}
+	}
 	if mount == "" {
-		return errors.New("no cgroup v2 mount")
+		return fail(errors.New("no cgroup v2 mount"))
 	}
 	spec, err := bpfobj.LoadPortcullis()
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	defer coll.Close()
 	dir, err := os.MkdirTemp(mount, "portcullis-doctor-")
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	defer os.Remove(dir)
-	for name, p := range spec.Programs {
-		if p.Type != ebpf.CGroupSockAddr && p.Type != ebpf.CGroupSock && p.Type != ebpf.CGroupSKB {
+	var out []Feature
+	for _, name := range sortedKeys(spec.Programs) {
+		p := spec.Programs[name]
+		switch p.Type {
+		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt:
+		default:
 			continue
 		}
+		f := Feature{Name: "attach type " + p.AttachType.String(), Required: true, OK: true, Detail: "program " + name}
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: p.AttachType, Program: coll.Programs[name]})
-		if err != nil {
-			return fmt.Errorf("%s (%s): %w", name, p.AttachType, err)
-		}
-		if _, err := l.Info(); err != nil {
+		if err == nil {
+			// Only a bpf_link can be pinned; the legacy attach would
+			// not outlive the tool.
+			if _, err = l.Info(); err != nil {
+				err = fmt.Errorf("bpf_link not supported: %w", err)
+			}
 			l.Close()
-			return fmt.Errorf("%s: bpf_link not supported: %w", name, err)
 		}
-		l.Close()
+		if err != nil {
+			f.OK, f.Detail = false, fmt.Sprintf("program %s: %v", name, err)
+		}
+		out = append(out, f)
 	}
-	return nil
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
