@@ -6,6 +6,10 @@
 //
 //	createRuntime, prestart  attach the policy named by the annotations
 //	poststop                 detach it; never fails for what is gone
+//	auto                     the stage the state's status implies
+//
+// "auto" is for hooks.d files (podman, CRI-O), which run one command line
+// at every stage they list.
 //
 // A container without an io.portcullis.* annotation is left alone, so the
 // hook can be installed for every container.
@@ -33,6 +37,9 @@ const (
 	StageCreateRuntime = "createRuntime"
 	StagePrestart      = "prestart"
 	StagePoststop      = "poststop"
+	// StageAuto takes the stage from the state's status: "creating" or
+	// "created" attach, "stopped" detaches.
+	StageAuto = "auto"
 )
 
 // Owner marks the attachments the hook makes, so poststop never detaches
@@ -64,15 +71,25 @@ func Run(cfg Config, stage string, stdin io.Reader) error {
 		cfg.PoliciesDir = DefaultPoliciesDir
 	}
 	switch stage {
-	case StageCreateRuntime, StagePrestart, StagePoststop:
+	case StageCreateRuntime, StagePrestart, StagePoststop, StageAuto:
 	case "":
-		return errors.New("no stage given: run as portcullis-hook createRuntime|prestart|poststop")
+		return errors.New("no stage given: run as portcullis-hook createRuntime|prestart|poststop|auto")
 	default:
-		return fmt.Errorf("unknown stage %q: portcullis-hook handles createRuntime, prestart and poststop", stage)
+		return fmt.Errorf("unknown stage %q: portcullis-hook handles createRuntime, prestart, poststop and auto", stage)
 	}
 	st, err := readState(stdin)
 	if err != nil {
 		return err
+	}
+	if stage == StageAuto {
+		switch st.Status {
+		case specs.StateCreating, specs.StateCreated:
+			stage = StageCreateRuntime
+		case specs.StateStopped:
+			stage = StagePoststop
+		default:
+			return fmt.Errorf("container %s: stage auto: status %q is neither creating, created nor stopped", st.ID, st.Status)
+		}
 	}
 	if stage == StagePoststop {
 		return poststop(cfg, st)

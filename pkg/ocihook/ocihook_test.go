@@ -64,6 +64,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 	}{
 		{"", `{}`, "no stage given"},
 		{"poststart", `{}`, `unknown stage "poststart"`},
+		{"auto", `{"id": "c1", "bundle": "/x", "status": "running"}`, `container c1: stage auto: status "running" is neither creating, created nor stopped`},
 		{"createRuntime", `{"id": `, "container state on stdin is not valid JSON"},
 		{"createRuntime", `{"bundle": "/x"}`, `has no "id"`},
 		{"createRuntime", `{"id": "c1"}`, `container c1: state on stdin has no "bundle"`},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -78,6 +79,19 @@ type bundleOptions struct {
 	args        []string
 	annotations map[string]string
 	netns       string // a network namespace path; empty shares the host's
+	// hooksD, when set, places the hook the way podman and CRI-O do with
+	// a hooks.d file: its command line at each of its stages.
+	hooksD *hooksDFile
+}
+
+// hooksDFile is the oci-hooks(5) schema 1.0.0.
+type hooksDFile struct {
+	Version string     `json:"version"`
+	Hook    specs.Hook `json:"hook"`
+	When    struct {
+		Annotations map[string]string `json:"annotations"`
+	} `json:"when"`
+	Stages []string `json:"stages"`
 }
 
 // bundle writes a bundle: a rootfs of busybox-static and sockprobe, and a
@@ -128,6 +142,22 @@ func (e *runcEnv) bundle(opts bundleOptions) string {
 		}}
 	}
 	spec.Hooks = &specs.Hooks{CreateRuntime: hook("createRuntime"), Poststop: hook("poststop")}
+	if opts.hooksD != nil {
+		h := opts.hooksD.Hook
+		h.Path = e.hook
+		h.Env = append(h.Env, "PORTCULLIS_STATE_DIR="+e.stateDir)
+		spec.Hooks = &specs.Hooks{}
+		for _, stage := range opts.hooksD.Stages {
+			switch stage {
+			case "createRuntime":
+				spec.Hooks.CreateRuntime = append(spec.Hooks.CreateRuntime, h)
+			case "poststop":
+				spec.Hooks.Poststop = append(spec.Hooks.Poststop, h)
+			default:
+				t.Fatalf("hooks.d file: unexpected stage %q", stage)
+			}
+		}
+	}
 	spec.Annotations = opts.annotations
 	writeJSON(t, filepath.Join(dir, "config.json"), &spec)
 	return dir
@@ -435,6 +465,49 @@ func TestRuncOwnNetNS(t *testing.T) {
 		t.Fatalf("after the refused start: attachments %v, want [%s]", got, id)
 	}
 
+	c.stop(t)
+	if got := e.attachments(); len(got) != 0 {
+		t.Fatalf("after runc delete: attachments %v", attachmentIDs(got))
+	}
+}
+
+// TestRuncHooksDFile runs a container with the hook placed from
+// conf/hooks.d/portcullis.json as podman and CRI-O would place it: one
+// command line ("auto") at both stages, for annotated containers only.
+func TestRuncHooksDFile(t *testing.T) {
+	e := newRuncEnv(t)
+	var file hooksDFile
+	readJSON(t, filepath.Join(testenv.RepoRoot(t), "conf", "hooks.d", "portcullis.json"), &file)
+	if file.Version != "1.0.0" || !slices.Equal(file.Stages, []string{"createRuntime", "poststop"}) {
+		t.Fatalf("hooks.d file: version %q stages %v", file.Version, file.Stages)
+	}
+	matches := func(key string) bool {
+		for k, v := range file.When.Annotations {
+			if regexp.MustCompile(k).MatchString(key) && regexp.MustCompile(v).MatchString("{}") {
+				return true
+			}
+		}
+		return false
+	}
+	for _, key := range []string{ocihook.AnnotationPolicy, ocihook.AnnotationPolicyFile, ocihook.AnnotationPolicyName} {
+		if !matches(key) {
+			t.Fatalf("hooks.d file does not select containers annotated %s", key)
+		}
+	}
+	if matches("io.portcullisX.policy") || matches("org.example") {
+		t.Fatal("hooks.d file selects containers without portcullis annotations")
+	}
+
+	id := "pc-hook-hooksd-" + testenv.Suffix()
+	c := e.start(id, e.bundle(bundleOptions{
+		args:        []string{"sockprobe", "listen", "-addr", "0.0.0.0:" + runcPort, "-name", id},
+		annotations: map[string]string{ocihook.AnnotationPolicy: runcPolicy("127.0.0.23")},
+		hooksD:      &file,
+	}))
+	waitListening(t, nil, runcPort, "127.0.0.23:"+runcPort)
+	if got := attachmentIDs(e.attachments()); !slices.Equal(got, []string{id}) {
+		t.Fatalf("attachments %v, want [%s]", got, id)
+	}
 	c.stop(t)
 	if got := e.attachments(); len(got) != 0 {
 		t.Fatalf("after runc delete: attachments %v", attachmentIDs(got))
