@@ -514,6 +514,97 @@ func TestRuncHooksDFile(t *testing.T) {
 	}
 }
 
+// TestContainerdHookInSpec runs a container through containerd 1.6 (`ctr run
+// --config`, its own containerd with its own root and socket) whose spec
+// names the hook: containerd's runc shim runs it at create and at task
+// delete, exactly as runc does.
+func TestContainerdHookInSpec(t *testing.T) {
+	e := newRuncEnv(t)
+	ctr := startHookContainerd(t)
+	id := "pc-hook-ctrd-" + testenv.Suffix()
+	bundle := e.bundle(bundleOptions{
+		args:        []string{"sockprobe", "listen", "-addr", "0.0.0.0:" + runcPort, "-name", id},
+		annotations: map[string]string{ocihook.AnnotationPolicy: runcPolicy("127.0.0.24")},
+	})
+	// containerd writes the spec into a bundle of its own: the rootfs
+	// path must be absolute.
+	var spec specs.Spec
+	readJSON(t, filepath.Join(bundle, "config.json"), &spec)
+	spec.Root.Path = filepath.Join(bundle, "rootfs")
+	writeJSON(t, filepath.Join(bundle, "config.json"), &spec)
+
+	t.Cleanup(func() {
+		ctr("task", "kill", "-s", "KILL", id)
+		ctr("task", "rm", "-f", id)
+		ctr("container", "rm", id)
+	})
+	if out, err := ctr("run", "-d", "--config", filepath.Join(bundle, "config.json"), id); err != nil {
+		t.Fatalf("ctr run: %v\n%s", err, out)
+	}
+	waitListening(t, nil, runcPort, "127.0.0.24:"+runcPort)
+	if got := greeting(t, "127.0.0.24:"+runcPort); got != id {
+		t.Fatalf("127.0.0.24:%s answers %q", runcPort, got)
+	}
+	if got := attachmentIDs(e.attachments()); !slices.Equal(got, []string{id}) {
+		t.Fatalf("attachments %v, want [%s]", got, id)
+	}
+
+	ctr("task", "kill", "-s", "KILL", id)
+	for i := 0; ; i++ {
+		out, _ := ctr("task", "ls")
+		if strings.Contains(out, "STOPPED") {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("task %s did not stop:\n%s", id, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out, err := ctr("task", "rm", id); err != nil {
+		t.Fatalf("ctr task rm: %v\n%s", err, out)
+	}
+	if got := e.attachments(); len(got) != 0 {
+		t.Fatalf("after ctr task rm: attachments %v", attachmentIDs(got))
+	}
+}
+
+// startHookContainerd starts a containerd of the test's own (root, state,
+// socket; the CRI plugin off) and returns a ctr runner for it. Cleanup
+// stops it after the test's containers are gone.
+func startHookContainerd(t *testing.T) func(args ...string) (string, error) {
+	t.Helper()
+	testenv.RequireCommand(t, "containerd", "containerd")
+	testenv.RequireCommand(t, "ctr", "containerd")
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config.toml")
+	sock := filepath.Join(dir, "containerd.sock")
+	os.WriteFile(config, []byte(fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "opt"))), 0o644)
+	testenv.Start(t, cgroup.Cgroup{}, exec.Command("containerd", "--config", config))
+	ctr := func(args ...string) (string, error) {
+		out, err := exec.Command("ctr", append([]string{"--address", sock}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	for i := 0; ; i++ {
+		out, err := ctr("version")
+		if err == nil {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("containerd did not start: %v\n%s", err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return ctr
+}
+
 // TestRuncNoAnnotation: the hook leaves a container without portcullis
 // annotations alone, so it can be installed for every container.
 func TestRuncNoAnnotation(t *testing.T) {
