@@ -5,3 +5,4 @@
 package bpfobj
 
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -type policy -type portmap_key -type attachment_id -type record Portcullis ../../bpf/portcullis.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -type term_target -type term_event Terminate ../../bpf/terminate.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Socket termination: iter/tcp and iter/udp programs that find the client
+ * sockets of attached containers still connected to a backend that went
+ * away, and destroy them with the bpf_sock_destroy kfunc (kernel 6.5+).
+ *
+ * A socket iterator walks the sockets of one network namespace (the one of
+ * the process that created the iterator), so pkg/terminate runs these
+ * programs once per namespace that holds attached containers. For every
+ * matching socket the program writes one struct term_event to the
+ * iterator's output; after the last socket it writes a summary with the
+ * number of sockets it scanned.
+ *
+ * A socket matches when
+ *   - its peer address and port are in `targets` (or the address with port
+ *     0, meaning any port), for its protocol,
+ *   - it is a TCP socket with a peer (established, connecting, closing: not
+ *     listening, not closed) or a connected UDP socket,
+ *   - its cgroup, or one of its ancestors, has a policy: it belongs to an
+ *     attached container. Host processes are never touched.
+ */
+#include "common.h"
+#include <bpf/bpf_core_read.h>
+#include "kernel.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* The pinned policies map of portcullis.c, shared through MapReplacements:
+ * its keys are the attached cgroups. Must be declared exactly as there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct policy);
+} policies SEC(".maps");
+
+/* What to terminate: one backend is an address, a port and a protocol. */
+struct term_target {
+	__u32 addr[4]; /* IPv6, or IPv4-mapped IPv6; network byte order */
+	__u16 port;    /* network byte order; 0 matches any port */
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct term_target);
+	__type(value, __u8);
+} targets SEC(".maps");
+
+#define TERM_EVENT_SOCKET 1
+#define TERM_EVENT_SUMMARY 2
+
+/* One line of the iterator's output, read by pkg/terminate. */
+struct term_event {
+	__u32 kind;
+	__s32 result; /* bpf_sock_destroy's return; 0 in a dry run */
+	__u32 peer[4];
+	__u32 local[4];
+	__u16 peer_port;  /* host byte order */
+	__u16 local_port; /* host byte order */
+	__u8 protocol;
+	__u8 state;
+	__u16 pad;
+	__u32 family;
+	__u32 pad2;
+	__u64 cgroup_id;   /* the attached cgroup that holds the policy */
+	__u64 scanned;     /* summary: sockets the iterator walked */
+};
+
+/* Keeps the type in BTF so bpf2go generates its Go mirror. */
+const struct term_event *unused_term_event __attribute__((unused));
+
+/* Set by the loader: only list what would be destroyed. */
+volatile const __u8 dry_run = 0;
+
+static __always_inline void address_of(struct sock_common *skc, bool peer, __u32 out[4])
+{
+	if (skc->skc_family == AF_INET) {
+		out[0] = 0;
+		out[1] = 0;
+		out[2] = bpf_htonl(0x0000ffff);
+		out[3] = peer ? skc->skc_daddr : skc->skc_rcv_saddr;
+		return;
+	}
+	for (int i = 0; i < 4; i++)
+		out[i] = peer ? skc->skc_v6_daddr.in6_u.u6_addr32[i] : skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+}
+
+static __always_inline bool is_target(struct sock_common *skc, __u8 protocol)
+{
+	struct term_target key = {.protocol = protocol, .port = skc->skc_dport};
+
+	address_of(skc, true, key.addr);
+	if (bpf_map_lookup_elem(&targets, &key))
+		return true;
+	key.port = 0;
+	return bpf_map_lookup_elem(&targets, &key) != NULL;
+}
+
+/* attached_cgroup returns the id of the socket's cgroup or of its deepest
+ * ancestor that has a policy, or 0 when no container owns the socket. The
+ * socket's cgroup v2 is recorded at socket creation. The ancestors array
+ * is read with probe reads, since its index is not a constant. */
+static __always_inline __u64 attached_cgroup(struct sock *sk)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	int level;
+
+	if (!cgrp)
+		return 0;
+	level = BPF_CORE_READ(cgrp, level);
+	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
+		struct cgroup *ancestor = NULL;
+		__u64 id;
+
+		if (level - i < 0)
+			break;
+		bpf_core_read(&ancestor, sizeof(ancestor), &cgrp->ancestors[level - i]);
+		if (!ancestor)
+			break;
+		id = BPF_CORE_READ(ancestor, kn, id);
+		if (bpf_map_lookup_elem(&policies, &id))
+			return id;
+	}
+	return 0;
+}
+
+static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_common *skc,
+				      struct sock *sk, __u8 protocol)
+{
+	struct term_event ev = {.kind = TERM_EVENT_SOCKET, .protocol = protocol};
+
+	if (!is_target(skc, protocol))
+		return;
+	ev.cgroup_id = attached_cgroup(sk);
+	if (!ev.cgroup_id)
+		return;
+	ev.family = skc->skc_family;
+	ev.state = skc->skc_state;
+	address_of(skc, true, ev.peer);
+	address_of(skc, false, ev.local);
+	ev.peer_port = bpf_ntohs(skc->skc_dport);
+	ev.local_port = skc->skc_num;
+	if (!dry_run)
+		ev.result = bpf_sock_destroy(skc);
+	bpf_seq_write(meta->seq, &ev, sizeof(ev));
+}
+
+static __always_inline void summary(struct bpf_iter_meta *meta, __u8 protocol)
+{
+	struct term_event ev = {.kind = TERM_EVENT_SUMMARY, .protocol = protocol};
+
+	/* In the final call seq_num is the index of the last socket shown
+	 * (-1 when there was none). */
+	ev.scanned = meta->seq_num + 1;
+	bpf_seq_write(meta->seq, &ev, sizeof(ev));
+}
+
+SEC("iter/tcp")
+int terminate_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+	__u8 state;
+
+	if (!skc) {
+		summary(ctx->meta, IPPROTO_TCP);
+		return 0;
+	}
+	/* Time-wait and request sockets are not full sockets: they have no
+	 * cgroup, and nothing in them waits on the backend. */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	state = skc->skc_state;
+	if (state == TCP_LISTEN || state == TCP_CLOSE)
+		return 0;
+	terminate(ctx->meta, skc, (struct sock *)tp, IPPROTO_TCP);
+	return 0;
+}
+
+SEC("iter/udp")
+int terminate_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+
+	if (!sk) {
+		summary(ctx->meta, IPPROTO_UDP);
+		return 0;
+	}
+	/* Only a connected UDP socket has a peer to lose. */
+	if (sk->__sk_common.skc_state != TCP_ESTABLISHED)
+		return 0;
+	terminate(ctx->meta, &sk->__sk_common, sk, IPPROTO_UDP);
+	return 0;
+}

@@ -1,0 +1,436 @@
+// Package terminate destroys the client sockets of attached containers that
+// are still connected to a backend that went away (seed 004).
+//
+// Clients that connected through a service address were sent to one
+// backend at connect time; when that backend is removed they are left
+// hanging (ICMP errors are ignored by established sockets). The iter/tcp and
+// iter/udp programs of bpf/terminate.c walk the sockets of one network
+// namespace, pick those whose peer is the removed backend and whose cgroup
+// is attached, and destroy them with the bpf_sock_destroy kfunc: a TCP
+// client gets ECONNABORTED, a connected UDP client gets an error on its next
+// call. A socket iterator sees only the network namespace of the process
+// that creates it, so the programs run once in the caller's (host)
+// namespace and once in every other namespace that holds an attached
+// container.
+package terminate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/state"
+)
+
+// Target is one backend to terminate: its address, its port (0 means every
+// port of the address) and its protocol ("tcp", "udp"; empty means both).
+type Target struct {
+	Addr     netip.Addr
+	Port     uint16
+	Protocol string
+}
+
+func (t Target) String() string {
+	port := "*"
+	if t.Port != 0 {
+		port = fmt.Sprint(t.Port)
+	}
+	proto := t.Protocol
+	if proto == "" {
+		proto = "tcp+udp"
+	}
+	host := t.Addr.Unmap().String()
+	if t.Addr.Unmap().Is6() {
+		host = "[" + host + "]"
+	}
+	return fmt.Sprintf("%s:%s/%s", host, port, proto)
+}
+
+// Socket is one socket that matched.
+type Socket struct {
+	Protocol string `json:"protocol"`
+	State    string `json:"state"`
+	Local    string `json:"local"`
+	Peer     string `json:"peer"`
+	// CgroupID is the attached cgroup the socket belongs to (its own or
+	// the nearest attached ancestor).
+	CgroupID uint64 `json:"cgroupId"`
+	// Error is set when bpf_sock_destroy failed.
+	Error string `json:"error,omitempty"`
+}
+
+// Namespace is what one network namespace held.
+type Namespace struct {
+	// NetNS is "host" for the caller's namespace, else the path recorded
+	// by an attachment.
+	NetNS string `json:"netns"`
+	// Scanned counts the sockets the iterators walked.
+	Scanned   uint64   `json:"scanned"`
+	Matched   int      `json:"matched"`
+	Destroyed int      `json:"destroyed"`
+	Sockets   []Socket `json:"sockets,omitempty"`
+	Error     string   `json:"error,omitempty"`
+}
+
+// Report says what a run found and did.
+type Report struct {
+	DryRun     bool        `json:"dryRun"`
+	Targets    []string    `json:"targets"`
+	Namespaces []Namespace `json:"namespaces"`
+	Matched    int         `json:"matched"`
+	Destroyed  int         `json:"destroyed"`
+}
+
+// HostNetNS names the caller's own network namespace in reports.
+const HostNetNS = "host"
+
+// Backend terminates the sockets of attached containers connected to one
+// backend, addr:port over proto ("tcp", "udp" or "" for both). With dryRun
+// it only lists them.
+func Backend(stateDir string, backend netip.AddrPort, proto string, dryRun bool) (*Report, error) {
+	s, err := state.Open(stateDir, false)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return Run(s, []Target{{Addr: backend.Addr(), Port: backend.Port(), Protocol: proto}}, dryRun)
+}
+
+// Attachment terminates the sockets connected to a container that is being
+// detached: every port of its policy's addresses, which are its own. Call
+// it after s.Detach, with the attachment as it was before.
+func Attachment(s *state.State, a *state.Attachment) (*Report, error) {
+	var targets []Target
+	for _, addr := range a.Policy.Addresses {
+		targets = append(targets, Target{Addr: addr})
+	}
+	if len(targets) == 0 {
+		// Without an address of its own nobody can be connected to
+		// this container in particular.
+		return &Report{}, nil
+	}
+	return Run(s, targets, false)
+}
+
+// Run terminates (or, with dryRun, lists) the sockets of attached
+// containers connected to any of the targets, in the caller's network
+// namespace and in every namespace recorded by an attachment. s may be
+// locked shared or exclusive; Run reads its attachments and its pinned
+// policies map. A namespace that fails is reported and the others are
+// still scanned; the error then names every failure.
+func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
+	report := &Report{DryRun: dryRun}
+	for _, t := range targets {
+		if err := t.validate(); err != nil {
+			return nil, err
+		}
+		report.Targets = append(report.Targets, t.String())
+	}
+	attachments, err := s.Attachments()
+	if err != nil {
+		return nil, err
+	}
+	var netnsPaths []string
+	for _, a := range attachments {
+		netnsPaths = append(netnsPaths, a.NetNS)
+	}
+
+	prog, err := load(s.Dir(), targets, dryRun)
+	if err != nil {
+		return nil, err
+	}
+	defer prog.close()
+
+	var errs []error
+	for _, path := range namespaces(netnsPaths) {
+		n, err := prog.scanNetNS(path)
+		if err != nil {
+			n.Error = err.Error()
+			errs = append(errs, fmt.Errorf("netns %s: %w", n.NetNS, err))
+		}
+		report.Namespaces = append(report.Namespaces, n)
+		report.Matched += n.Matched
+		report.Destroyed += n.Destroyed
+	}
+	return report, errors.Join(errs...)
+}
+
+func (t Target) validate() error {
+	if !t.Addr.IsValid() || t.Addr.IsUnspecified() {
+		return fmt.Errorf("backend address %q is not a usable address", t.Addr)
+	}
+	switch t.Protocol {
+	case "", "tcp", "udp":
+	default:
+		return fmt.Errorf("protocol %q: must be tcp or udp", t.Protocol)
+	}
+	return nil
+}
+
+// namespaces returns "" for the caller's namespace followed by the distinct
+// other namespaces among paths, compared by inode: several attachments
+// share one namespace, and a recorded path may name the host's. Paths that
+// no longer exist held containers that are gone, so they are left out.
+func namespaces(paths []string) []string {
+	type inode struct{ dev, ino uint64 }
+	key := func(path string) (inode, bool) {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return inode{}, false
+		}
+		return inode{st.Dev, st.Ino}, true
+	}
+	seen := map[inode]bool{}
+	if k, ok := key("/proc/self/ns/net"); ok {
+		seen[k] = true
+	}
+	out := []string{""}
+	sort.Strings(paths)
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		k, ok := key(p)
+		if !ok || seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, p)
+	}
+	return out
+}
+
+// programs are the loaded iterators, ready to run in any namespace.
+type programs struct {
+	coll   *ebpf.Collection
+	links  []*link.Iter
+	dryRun bool
+}
+
+// load loads bpf/terminate.c with the targets, sharing the pinned policies
+// map so the programs know which cgroups are attached.
+func load(stateDir string, targets []Target, dryRun bool) (_ *programs, err error) {
+	spec, err := bpfobj.LoadTerminate()
+	if err != nil {
+		return nil, err
+	}
+	if dryRun {
+		if err := spec.Variables["dry_run"].Set(uint8(1)); err != nil {
+			return nil, err
+		}
+	}
+	policies, err := ebpf.LoadPinnedMap(filepath.Join(stateDir, "maps", bpfobj.PortcullisMapPolicies), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned policies map: %w", err)
+	}
+	defer policies.Close() // the collection holds its own reference
+
+	protos := map[string]bool{}
+	for _, t := range targets {
+		if t.Protocol == "" || t.Protocol == "tcp" {
+			protos["tcp"] = true
+		}
+		if t.Protocol == "" || t.Protocol == "udp" {
+			protos["udp"] = true
+		}
+	}
+	// Load only the iterators some target needs.
+	if !protos["tcp"] {
+		delete(spec.Programs, bpfobj.TerminateProgTerminateTcp)
+	}
+	if !protos["udp"] {
+		delete(spec.Programs, bpfobj.TerminateProgTerminateUdp)
+	}
+
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: map[string]*ebpf.Map{bpfobj.TerminateMapPolicies: policies},
+	})
+	if err != nil {
+		return nil, explainLoadError(err)
+	}
+	p := &programs{coll: coll, dryRun: dryRun}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	for _, t := range targets {
+		for _, key := range t.keys() {
+			if err := coll.Maps[bpfobj.TerminateMapTargets].Put(&key, uint8(1)); err != nil {
+				return nil, fmt.Errorf("targets map: %w", err)
+			}
+		}
+	}
+	for _, name := range []string{bpfobj.TerminateProgTerminateTcp, bpfobj.TerminateProgTerminateUdp} {
+		prog := coll.Programs[name]
+		if prog == nil {
+			continue
+		}
+		l, err := link.AttachIter(link.IterOptions{Program: prog})
+		if err != nil {
+			return nil, fmt.Errorf("attach iterator %s: %w", name, err)
+		}
+		p.links = append(p.links, l)
+	}
+	return p, nil
+}
+
+func (p *programs) close() {
+	for _, l := range p.links {
+		l.Close()
+	}
+	p.coll.Close()
+}
+
+// ErrUnsupported is wrapped when the kernel cannot run the termination
+// programs (bpf_sock_destroy is in kernels 6.5 and later).
+var ErrUnsupported = errors.New("the kernel cannot destroy sockets from BPF (needs the bpf_sock_destroy kfunc and tcp/udp iterators, kernel 6.5+; see portcullisctl doctor)")
+
+func explainLoadError(err error) error {
+	if errors.Is(err, ebpf.ErrNotSupported) || strings.Contains(err.Error(), "bpf_sock_destroy") {
+		return fmt.Errorf("%w: %v", ErrUnsupported, err)
+	}
+	return fmt.Errorf("load termination programs: %w", err)
+}
+
+// keys are the targets map entries for t.
+func (t Target) keys() []bpfobj.TerminateTermTarget {
+	addr := t.Addr.As16() // IPv4 becomes IPv4-mapped, as the programs compare
+	var key bpfobj.TerminateTermTarget
+	for i := range key.Addr {
+		key.Addr[i] = binary.NativeEndian.Uint32(addr[4*i:])
+	}
+	var port [2]byte
+	binary.BigEndian.PutUint16(port[:], t.Port)
+	key.Port = binary.NativeEndian.Uint16(port[:])
+	var keys []bpfobj.TerminateTermTarget
+	for _, proto := range []string{"tcp", "udp"} {
+		if t.Protocol == "" || t.Protocol == proto {
+			key.Protocol = protocolNumber[proto]
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
+var protocolNumber = map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP}
+
+// scanNetNS runs every loaded iterator in one namespace ("" is the
+// caller's). An iterator is bound to the namespace of the thread that
+// opens it, so it is opened (and read) on a thread locked into the
+// namespace.
+func (p *programs) scanNetNS(path string) (Namespace, error) {
+	n := Namespace{NetNS: HostNetNS}
+	scan := func() error {
+		for _, l := range p.links {
+			if err := n.read(l, p.dryRun); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if path == "" {
+		return n, scan()
+	}
+	n.NetNS = path
+	err := ns.WithNetNSPath(path, func(ns.NetNS) error { return scan() })
+	return n, err
+}
+
+// readSize keeps every read below the kernel's 32 KiB iterator buffer: a
+// socket whose output overflows that buffer would be shown again on the
+// next read, and by then it is destroyed and no longer matches, so its
+// event would be lost.
+const readSize = 4096
+
+// read runs one iterator to its end and adds its events to n.
+func (n *Namespace) read(l *link.Iter, dryRun bool) error {
+	r, err := l.Open()
+	if err != nil {
+		return fmt.Errorf("open iterator: %w", err)
+	}
+	defer r.Close()
+	var out bytes.Buffer
+	buf := make([]byte, readSize)
+	for {
+		k, err := r.Read(buf)
+		out.Write(buf[:k])
+		if err == io.EOF || (err == nil && k == 0) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read iterator: %w", err)
+		}
+	}
+	var ev bpfobj.TerminateTermEvent
+	size := binary.Size(ev)
+	if out.Len()%size != 0 {
+		return fmt.Errorf("iterator output of %d bytes is not a whole number of %d-byte events", out.Len(), size)
+	}
+	for out.Len() > 0 {
+		if err := binary.Read(&out, binary.NativeEndian, &ev); err != nil {
+			return err
+		}
+		n.add(&ev, dryRun)
+	}
+	return nil
+}
+
+const (
+	eventSocket  = 1
+	eventSummary = 2
+)
+
+func (n *Namespace) add(ev *bpfobj.TerminateTermEvent, dryRun bool) {
+	if ev.Kind == eventSummary {
+		n.Scanned += ev.Scanned
+		return
+	}
+	sock := Socket{
+		Protocol: "tcp",
+		State:    tcpStates[ev.State],
+		Local:    netip.AddrPortFrom(addrFrom(ev.Local), ev.LocalPort).String(),
+		Peer:     netip.AddrPortFrom(addrFrom(ev.Peer), ev.PeerPort).String(),
+		CgroupID: ev.CgroupId,
+	}
+	if ev.Protocol == unix.IPPROTO_UDP {
+		sock.Protocol, sock.State = "udp", "connected"
+	}
+	if sock.State == "" {
+		sock.State = fmt.Sprint(ev.State)
+	}
+	n.Matched++
+	if ev.Result != 0 {
+		sock.Error = unix.Errno(-ev.Result).Error()
+	} else if !dryRun {
+		n.Destroyed++
+	}
+	n.Sockets = append(n.Sockets, sock)
+}
+
+// addrFrom turns an address as the kernel stores it (network byte order in
+// native-endian u32 words) into a netip.Addr; IPv4-mapped become IPv4.
+func addrFrom(words [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, w := range words {
+		binary.NativeEndian.PutUint32(b[4*i:], w)
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
+
+var tcpStates = map[uint8]string{
+	1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait-1", 5: "fin-wait-2",
+	6: "time-wait", 7: "close", 8: "close-wait", 9: "last-ack", 10: "listen", 11: "closing",
+}
