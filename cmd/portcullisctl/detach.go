@@ -9,6 +9,7 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
 
 func init() { register(newDetachCommand) }
@@ -33,10 +34,21 @@ func newDetachCommand(opts *options) *cobra.Command {
 					return err
 				}
 			}
+			a, err := s.Get(id)
+			if err != nil && !errors.Is(err, state.ErrNotFound) {
+				return err
+			}
 			if err := s.Detach(id); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "detached %s\n", id)
+			// The container is no longer a backend: its clients'
+			// sockets go too. A failure here is a warning only.
+			if a != nil {
+				if r := terminate.Detached(s, a, cmd.ErrOrStderr()); r != nil && r.Destroyed > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "terminated %d sockets connected to %s\n", r.Destroyed, id)
+				}
+			}
 			return nil
 		},
 	}

@@ -7,9 +7,11 @@ package terminate_test
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -212,5 +214,98 @@ func TestBackendTerminatesOnlyItsClients(t *testing.T) {
 	}
 	if report.Matched != 0 {
 		t.Errorf("after termination: want nothing left, got %+v", report)
+	}
+}
+
+// Detaching a backend container (portcullisctl detach, as CNI DEL and the
+// OCI hook's poststop do) terminates its clients' sockets: every port of
+// the container's own addresses.
+func TestDetachTerminatesClientsOfTheContainer(t *testing.T) {
+	w := newWorld(t)
+	ctl := testenv.Binary(t, "./cmd/portcullisctl")
+	backendCtr := testenv.Cgroup(t, "term-backend")
+	w.attach(t, "backend-a", backendCtr, fmt.Sprintf(`{"addresses": [%q]}`, w.a), "")
+	w.listen(t, backendCtr, "A", w.a)
+	w.listen(t, cgroup.Cgroup{}, "B", w.b)
+
+	clientCtr := testenv.Cgroup(t, "term-client")
+	w.attach(t, "client", clientCtr, `{}`, w.ns.Path)
+	var toA, toB []*client
+	for _, proto := range []string{"tcp", "udp"} {
+		toA = append(toA, w.connect(t, "client->A", clientCtr, w.ns, proto, w.a, "A"))
+		toB = append(toB, w.connect(t, "client->B", clientCtr, w.ns, proto, w.b, "B"))
+	}
+
+	out, err := exec.Command(ctl, "--state-dir", w.dir, "detach", "--id", "backend-a").CombinedOutput()
+	if err != nil {
+		t.Fatalf("portcullisctl detach: %v\n%s", err, out)
+	}
+	if want := "terminated 2 sockets connected to backend-a"; !strings.Contains(string(out), want) {
+		t.Errorf("portcullisctl detach printed %q, want %q", out, want)
+	}
+	for _, c := range toA {
+		c.aborted(t)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, c := range toB {
+		c.alive(t)
+	}
+}
+
+// portcullisctl terminate: a dry run prints the sockets and a count per
+// namespace and changes nothing; then it destroys them.
+func TestTerminateCommand(t *testing.T) {
+	w := newWorld(t)
+	ctl := testenv.Binary(t, "./cmd/portcullisctl")
+	w.listen(t, cgroup.Cgroup{}, "A", w.a)
+	ctr := testenv.Cgroup(t, "term-cli")
+	w.attach(t, "ctr", ctr, `{}`, w.ns.Path)
+	tcp := w.connect(t, "ctr->A", ctr, w.ns, "tcp", w.a, "A")
+	udp := w.connect(t, "ctr->A", ctr, w.ns, "udp", w.a, "A")
+	backend := w.addrPort(w.a)
+
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(ctl, append([]string{"--state-dir", w.dir, "terminate", "--backend", backend}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("portcullisctl terminate %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	out := run("--protocol", "tcp", "--dry-run")
+	t.Logf("portcullisctl terminate --dry-run:\n%s", out)
+	for _, want := range []string{"NETNS", w.ns.Path, "tcp", "established", backend, "(dry run)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry run output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "udp") {
+		t.Errorf("--protocol tcp listed UDP sockets:\n%s", out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	tcp.alive(t)
+	udp.alive(t)
+
+	var report terminate.Report
+	if err := json.Unmarshal([]byte(run("-o", "json")), &report); err != nil {
+		t.Fatal(err)
+	}
+	var inNS *terminate.Namespace
+	for i, n := range report.Namespaces {
+		if n.NetNS == w.ns.Path {
+			inNS = &report.Namespaces[i]
+		}
+	}
+	if inNS == nil || inNS.Destroyed != 2 || report.Destroyed != 2 {
+		t.Errorf("want 2 sockets destroyed in %s, got %+v", w.ns.Path, report)
+	}
+	tcp.aborted(t)
+	udp.aborted(t)
+
+	for _, bad := range [][]string{{"--backend", "10.0.0.1"}, {"--backend", "10.0.0.1:0"}, {"--backend", backend, "--protocol", "sctp"}} {
+		out, err := exec.Command(ctl, append([]string{"--state-dir", w.dir, "terminate"}, bad...)...).CombinedOutput()
+		if err == nil {
+			t.Errorf("terminate %v succeeded:\n%s", bad, out)
+		}
 	}
 }

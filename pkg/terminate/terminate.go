@@ -434,3 +434,27 @@ var tcpStates = map[uint8]string{
 	1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait-1", 5: "fin-wait-2",
 	6: "time-wait", 7: "close", 8: "close-wait", 9: "last-ack", 10: "listen", 11: "closing",
 }
+
+// Detached is Attachment for the detach paths (portcullisctl detach, CNI
+// DEL, OCI poststop): a failure to terminate, such as a kernel without
+// bpf_sock_destroy, must never block a detach, so it is written to log as
+// one line and nil is returned.
+func Detached(s *state.State, a *state.Attachment, log io.Writer) *Report {
+	report, err := Attachment(s, a)
+	if err != nil {
+		fmt.Fprintf(log, "warning: terminate sockets connected to %s (%s): %v\n", a.ID, addresses(a), err)
+		return nil
+	}
+	return report
+}
+
+func addresses(a *state.Attachment) string {
+	var s []string
+	for _, addr := range a.Policy.Addresses {
+		s = append(s, addr.String())
+	}
+	if len(s) == 0 {
+		return "no addresses"
+	}
+	return strings.Join(s, ", ")
+}
