@@ -12,6 +12,7 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
 
 // create attaches the container's policy (createRuntime, prestart). The
@@ -102,6 +103,9 @@ func poststop(cfg Config, st *specs.State) error {
 	if err := s.Detach(id); err != nil && !errors.Is(err, state.ErrNotFound) {
 		return fmt.Errorf("container %s: detach: %w", st.ID, err)
 	}
+	// The container no longer serves: destroy its clients' sockets. A
+	// failure is logged on stderr and never fails the poststop.
+	terminate.Detached(s, a, os.Stderr)
 	return nil
 }
 
