@@ -85,6 +85,8 @@ static __always_inline bool equal6(const __u32 a[4], const __u32 b[4])
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
+#include "services.h"
+
 static __always_inline __u16 portmap_lookup(__u64 cgroup_id, __u16 port, __u8 protocol,
 					    __u8 direction)
 {
@@ -275,6 +277,9 @@ int connect4(struct bpf_sock_addr *ctx)
 
 	if (!p)
 		return SYSCALL_ALLOW;
+	/* Services first: the source is pinned for the real destination. */
+	if (service_connect4(ctx, false) == SYSCALL_DENY)
+		return SYSCALL_DENY;
 	if (p->flags & POLICY_HAS_ADDR4)
 		pin_source4(ctx, p, ctx->user_ip4);
 	return SYSCALL_ALLOW;
@@ -289,6 +294,8 @@ int connect6(struct bpf_sock_addr *ctx)
 
 	if (!p)
 		return SYSCALL_ALLOW;
+	if (service_connect6(ctx, false) == SYSCALL_DENY)
+		return SYSCALL_DENY;
 	dst[0] = ctx->user_ip6[0];
 	dst[1] = ctx->user_ip6[1];
 	dst[2] = ctx->user_ip6[2];
@@ -306,7 +313,11 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 	struct policy *p = current_policy(&cgroup_id);
 	struct bpf_sock *sk = ctx->sk;
 
-	if (!p || !(p->flags & POLICY_HAS_ADDR4) || !sk)
+	if (!p)
+		return SYSCALL_ALLOW;
+	if (service_connect4(ctx, true) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	if (!(p->flags & POLICY_HAS_ADDR4) || !sk)
 		return SYSCALL_ALLOW;
 	if (ctx->msg_src_ip4 != 0 || sk->src_ip4 != 0)
 		return SYSCALL_ALLOW;
@@ -324,7 +335,11 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	__u32 dst[4];
 
-	if (!p || !(p->flags & POLICY_HAS_ADDR6) || !sk)
+	if (!p)
+		return SYSCALL_ALLOW;
+	if (service_connect6(ctx, true) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	if (!(p->flags & POLICY_HAS_ADDR6) || !sk)
 		return SYSCALL_ALLOW;
 	dst[0] = ctx->user_ip6[0];
 	dst[1] = ctx->user_ip6[1];

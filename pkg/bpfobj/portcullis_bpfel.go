@@ -18,6 +18,60 @@ type PortcullisAttachmentId struct {
 	Id [128]uint8
 }
 
+type PortcullisBackend struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     [4]uint32
+	Port     uint16
+	Kind     uint8
+	Protocol uint8
+	Pad      uint32
+}
+
+type PortcullisBackendKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Index     uint32
+}
+
+type PortcullisFrontend struct {
+	_         structs.HostLayout
+	ServiceId uint32
+}
+
+type PortcullisFrontendKey struct {
+	_        structs.HostLayout
+	Addr     [4]uint32
+	Port     uint16
+	Protocol uint8
+	Pad      uint8
+}
+
+type PortcullisListener struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Refs uint32
+	Pad  uint32
+}
+
+type PortcullisListenerKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Port     uint16
+	Protocol uint8
+	Family   uint8
+	Pad      uint32
+}
+
+type PortcullisPeer struct {
+	_            structs.HostLayout
+	Frontend     [4]uint32
+	Backend      [4]uint32
+	FrontendPort uint16
+	BackendPort  uint16
+	Pad          uint32
+}
+
 type PortcullisPolicy struct {
 	_        structs.HostLayout
 	Flags    uint32
@@ -46,6 +100,38 @@ type PortcullisRecord struct {
 	Data [16384]uint8
 }
 
+type PortcullisRegistration struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	BoundNs  uint64
+	Addr     [4]uint32
+	Port     uint16
+	Protocol uint8
+	Family   uint8
+	Pad      uint32
+}
+
+type PortcullisSvcName struct {
+	_    structs.HostLayout
+	Name [64]int8
+}
+
+type PortcullisUdpPeer struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Port uint16
+	Pad  uint16
+}
+
+type PortcullisUdpPeerKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [4]uint32
+	Port   uint16
+	Pad    uint16
+	Pad2   uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -53,14 +139,30 @@ const (
 	PortcullisMapAttachments   = "attachments"
 	PortcullisMapPolicies      = "policies"
 	PortcullisMapPortmaps      = "portmaps"
+	PortcullisMapSvcBackends   = "svc_backends"
+	PortcullisMapSvcCounts     = "svc_counts"
+	PortcullisMapSvcDrops      = "svc_drops"
+	PortcullisMapSvcFrontends  = "svc_frontends"
+	PortcullisMapSvcListeners  = "svc_listeners"
+	PortcullisMapSvcNames      = "svc_names"
+	PortcullisMapSvcPeers      = "svc_peers"
+	PortcullisMapSvcRegistry   = "svc_registry"
+	PortcullisMapSvcUdpPeers   = "svc_udp_peers"
 	PortcullisProgBind4        = "bind4"
 	PortcullisProgBind6        = "bind6"
 	PortcullisProgConnect4     = "connect4"
 	PortcullisProgConnect6     = "connect6"
+	PortcullisProgGetpeername4 = "getpeername4"
+	PortcullisProgGetpeername6 = "getpeername6"
 	PortcullisProgGetsockname4 = "getsockname4"
 	PortcullisProgGetsockname6 = "getsockname6"
+	PortcullisProgPostBind4    = "post_bind4"
+	PortcullisProgPostBind6    = "post_bind6"
+	PortcullisProgRecvmsg4     = "recvmsg4"
+	PortcullisProgRecvmsg6     = "recvmsg6"
 	PortcullisProgSendmsg4     = "sendmsg4"
 	PortcullisProgSendmsg6     = "sendmsg6"
+	PortcullisProgSockRelease  = "sock_release"
 )
 
 // LoadPortcullis returns the embedded CollectionSpec for Portcullis.
@@ -109,19 +211,35 @@ type PortcullisProgramSpecs struct {
 	Bind6        *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4     *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6     *ebpf.ProgramSpec `ebpf:"connect6"`
+	Getpeername4 *ebpf.ProgramSpec `ebpf:"getpeername4"`
+	Getpeername6 *ebpf.ProgramSpec `ebpf:"getpeername6"`
 	Getsockname4 *ebpf.ProgramSpec `ebpf:"getsockname4"`
 	Getsockname6 *ebpf.ProgramSpec `ebpf:"getsockname6"`
+	PostBind4    *ebpf.ProgramSpec `ebpf:"post_bind4"`
+	PostBind6    *ebpf.ProgramSpec `ebpf:"post_bind6"`
+	Recvmsg4     *ebpf.ProgramSpec `ebpf:"recvmsg4"`
+	Recvmsg6     *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4     *ebpf.ProgramSpec `ebpf:"sendmsg4"`
 	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	SockRelease  *ebpf.ProgramSpec `ebpf:"sock_release"`
 }
 
 // PortcullisMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisMapSpecs struct {
-	Attachments *ebpf.MapSpec `ebpf:"attachments"`
-	Policies    *ebpf.MapSpec `ebpf:"policies"`
-	Portmaps    *ebpf.MapSpec `ebpf:"portmaps"`
+	Attachments  *ebpf.MapSpec `ebpf:"attachments"`
+	Policies     *ebpf.MapSpec `ebpf:"policies"`
+	Portmaps     *ebpf.MapSpec `ebpf:"portmaps"`
+	SvcBackends  *ebpf.MapSpec `ebpf:"svc_backends"`
+	SvcCounts    *ebpf.MapSpec `ebpf:"svc_counts"`
+	SvcDrops     *ebpf.MapSpec `ebpf:"svc_drops"`
+	SvcFrontends *ebpf.MapSpec `ebpf:"svc_frontends"`
+	SvcListeners *ebpf.MapSpec `ebpf:"svc_listeners"`
+	SvcNames     *ebpf.MapSpec `ebpf:"svc_names"`
+	SvcPeers     *ebpf.MapSpec `ebpf:"svc_peers"`
+	SvcRegistry  *ebpf.MapSpec `ebpf:"svc_registry"`
+	SvcUdpPeers  *ebpf.MapSpec `ebpf:"svc_udp_peers"`
 }
 
 // PortcullisVariableSpecs contains global variables before they are loaded into the kernel.
@@ -150,9 +268,18 @@ func (o *PortcullisObjects) Close() error {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisMaps struct {
-	Attachments *ebpf.Map `ebpf:"attachments"`
-	Policies    *ebpf.Map `ebpf:"policies"`
-	Portmaps    *ebpf.Map `ebpf:"portmaps"`
+	Attachments  *ebpf.Map `ebpf:"attachments"`
+	Policies     *ebpf.Map `ebpf:"policies"`
+	Portmaps     *ebpf.Map `ebpf:"portmaps"`
+	SvcBackends  *ebpf.Map `ebpf:"svc_backends"`
+	SvcCounts    *ebpf.Map `ebpf:"svc_counts"`
+	SvcDrops     *ebpf.Map `ebpf:"svc_drops"`
+	SvcFrontends *ebpf.Map `ebpf:"svc_frontends"`
+	SvcListeners *ebpf.Map `ebpf:"svc_listeners"`
+	SvcNames     *ebpf.Map `ebpf:"svc_names"`
+	SvcPeers     *ebpf.Map `ebpf:"svc_peers"`
+	SvcRegistry  *ebpf.Map `ebpf:"svc_registry"`
+	SvcUdpPeers  *ebpf.Map `ebpf:"svc_udp_peers"`
 }
 
 func (m *PortcullisMaps) Close() error {
@@ -160,6 +287,15 @@ func (m *PortcullisMaps) Close() error {
 		m.Attachments,
 		m.Policies,
 		m.Portmaps,
+		m.SvcBackends,
+		m.SvcCounts,
+		m.SvcDrops,
+		m.SvcFrontends,
+		m.SvcListeners,
+		m.SvcNames,
+		m.SvcPeers,
+		m.SvcRegistry,
+		m.SvcUdpPeers,
 	)
 }
 
@@ -177,10 +313,17 @@ type PortcullisPrograms struct {
 	Bind6        *ebpf.Program `ebpf:"bind6"`
 	Connect4     *ebpf.Program `ebpf:"connect4"`
 	Connect6     *ebpf.Program `ebpf:"connect6"`
+	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
 	Getsockname4 *ebpf.Program `ebpf:"getsockname4"`
 	Getsockname6 *ebpf.Program `ebpf:"getsockname6"`
+	PostBind4    *ebpf.Program `ebpf:"post_bind4"`
+	PostBind6    *ebpf.Program `ebpf:"post_bind6"`
+	Recvmsg4     *ebpf.Program `ebpf:"recvmsg4"`
+	Recvmsg6     *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4     *ebpf.Program `ebpf:"sendmsg4"`
 	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
+	SockRelease  *ebpf.Program `ebpf:"sock_release"`
 }
 
 func (p *PortcullisPrograms) Close() error {
@@ -189,10 +332,17 @@ func (p *PortcullisPrograms) Close() error {
 		p.Bind6,
 		p.Connect4,
 		p.Connect6,
+		p.Getpeername4,
+		p.Getpeername6,
 		p.Getsockname4,
 		p.Getsockname6,
+		p.PostBind4,
+		p.PostBind6,
+		p.Recvmsg4,
+		p.Recvmsg6,
 		p.Sendmsg4,
 		p.Sendmsg6,
+		p.SockRelease,
 	)
 }
 

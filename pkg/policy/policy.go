@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -32,7 +33,22 @@ type Policy struct {
 	// PortMappings rewrite a containerPort to a hostPort at bind time; the
 	// shape is that of the CNI portMappings capability.
 	PortMappings []PortMapping `json:"portMappings,omitempty"`
+	// Provides makes the container a backend of services: it is picked
+	// for a service once it listens on the port (see docs/services.md).
+	Provides []Provide `json:"provides,omitempty"`
 }
+
+// Provide says the container serves a service on one of its ports (the
+// port it binds; a port mapping, if any, is applied on top).
+type Provide struct {
+	Service  string   `json:"service"`
+	Port     uint16   `json:"port"`
+	Protocol Protocol `json:"protocol,omitempty"`
+}
+
+// validServiceName matches the names pkg/services accepts: they key a
+// kernel map of 64 bytes.
+var validServiceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // PortRange is an inclusive range of ports, written "9090" or "18000-18010"
 // (a JSON number is accepted for a single port).
@@ -233,6 +249,28 @@ func (p *Policy) Validate() error {
 			return fmt.Errorf("%s: hostPort %d/%s is the target of two mappings", field, m.HostPort, m.Protocol)
 		}
 		hostPorts[hk] = true
+	}
+	provided := map[Provide]bool{}
+	for i := range p.Provides {
+		pr := &p.Provides[i]
+		field := fmt.Sprintf("provides[%d]", i)
+		if !validServiceName.MatchString(pr.Service) {
+			return fmt.Errorf("%s.service: %q must be 1-63 letters, digits, _ . - (starting with a letter or digit)", field, pr.Service)
+		}
+		if pr.Port == 0 {
+			return fmt.Errorf("%s.port: must be 1-65535", field)
+		}
+		pr.Protocol = Protocol(strings.ToLower(string(pr.Protocol)))
+		if pr.Protocol == "" {
+			pr.Protocol = TCP
+		}
+		if pr.Protocol != TCP && pr.Protocol != UDP {
+			return fmt.Errorf("%s.protocol: %q is not tcp or udp", field, pr.Protocol)
+		}
+		if provided[*pr] {
+			return fmt.Errorf("%s: service %s on %d/%s is listed twice", field, pr.Service, pr.Port, pr.Protocol)
+		}
+		provided[*pr] = true
 	}
 	return nil
 }

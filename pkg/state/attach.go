@@ -166,6 +166,10 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	if err := s.put(s.records, recordKey(req.ID), record); err != nil {
 		return nil, err
 	}
+	undo.push(func() { s.records.Delete(recordKey(req.ID)) })
+	if err := s.syncServices(a, false); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -199,7 +203,7 @@ func (s *State) Detach(id string) error {
 	if err := s.records.Delete(recordKey(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
-	return nil
+	return s.syncServices(a, true)
 }
 
 // Get returns one attachment's record.
