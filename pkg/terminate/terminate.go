@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -77,11 +78,13 @@ type Namespace struct {
 	// by an attachment.
 	NetNS string `json:"netns"`
 	// Scanned counts the sockets the iterators walked.
-	Scanned   uint64   `json:"scanned"`
-	Matched   int      `json:"matched"`
-	Destroyed int      `json:"destroyed"`
-	Sockets   []Socket `json:"sockets,omitempty"`
-	Error     string   `json:"error,omitempty"`
+	Scanned uint64 `json:"scanned"`
+	// ScanTime is how long the scan (and the destroying) took here.
+	ScanTime  time.Duration `json:"scanTimeNs"`
+	Matched   int           `json:"matched"`
+	Destroyed int           `json:"destroyed"`
+	Sockets   []Socket      `json:"sockets,omitempty"`
+	Error     string        `json:"error,omitempty"`
 }
 
 // Report says what a run found and did.
@@ -333,7 +336,9 @@ var protocolNumber = map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPRO
 // namespace.
 func (p *programs) scanNetNS(path string) (Namespace, error) {
 	n := Namespace{NetNS: HostNetNS}
+	start := time.Now()
 	scan := func() error {
+		defer func() { n.ScanTime = time.Since(start) }()
 		for _, l := range p.links {
 			if err := n.read(l, p.dryRun); err != nil {
 				return err
