@@ -67,6 +67,7 @@ func Check(bpffsDir string) []Feature {
 	add("kfunc bpf_sock_destroy", false, haveKernelType[*btf.Func]("bpf_sock_destroy"), "socket termination (kernel 6.5+)")
 	add("iterator tcp", false, haveKernelType[*btf.Struct]("bpf_iter__tcp"), "socket termination")
 	add("iterator udp", false, haveKernelType[*btf.Struct]("bpf_iter__udp"), "socket termination")
+	out = append(out, terminationPrograms())
 
 	out = append(out, attachTypes(mount)...)
 	return out
