@@ -34,20 +34,15 @@ func newDetachCommand(opts *options) *cobra.Command {
 					return err
 				}
 			}
-			a, err := s.Get(id)
-			if err != nil && !errors.Is(err, state.ErrNotFound) {
-				return err
-			}
-			if err := s.Detach(id); err != nil {
+			// Clients still connected to the container lose their
+			// sockets too; a failure there is a warning only.
+			report, err := terminate.Detach(s, id, cmd.ErrOrStderr())
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "detached %s\n", id)
-			// The container is no longer a backend: its clients'
-			// sockets go too. A failure here is a warning only.
-			if a != nil {
-				if r := terminate.Detached(s, a, cmd.ErrOrStderr()); r != nil && r.Destroyed > 0 {
-					fmt.Fprintf(cmd.OutOrStdout(), "terminated %d sockets connected to %s\n", r.Destroyed, id)
-				}
+			if report != nil && report.Destroyed > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "terminated %d sockets connected to %s\n", report.Destroyed, id)
 			}
 			return nil
 		},

@@ -8,6 +8,7 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/services"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
 
 func init() { register(newServiceCommand) }
@@ -98,11 +99,16 @@ func newServiceDel(opts *options) *cobra.Command {
 		Short: "Remove a service",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withServices(opts, true, func(_ *state.State, m *services.Maps, _ []services.Provider) error {
+			return withServices(opts, true, func(s *state.State, m *services.Maps, _ []services.Provider) error {
+				svc, err := m.Get(args[0])
+				if err != nil {
+					return err
+				}
 				if err := m.Delete(args[0]); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "deleted service %s\n", args[0])
+				terminateRemoved(cmd, s, m, terminate.ServiceBackends(svc))
 				return nil
 			})
 		},
@@ -121,7 +127,7 @@ func newServiceBackend(opts *options) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return withServices(opts, true, func(_ *state.State, m *services.Maps, providers []services.Provider) error {
+				return withServices(opts, true, func(s *state.State, m *services.Maps, providers []services.Provider) error {
 					if verb == "add" {
 						err = m.AddBackend(args[0], e, providers)
 					} else {
@@ -131,6 +137,9 @@ func newServiceBackend(opts *options) *cobra.Command {
 						return err
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "service %s: backend %s %s\n", args[0], e, map[string]string{"add": "added", "del": "removed"}[verb])
+					if verb == "del" {
+						terminateRemoved(cmd, s, m, []terminate.Target{{Addr: e.Addr.Addr(), Port: e.Addr.Port(), Protocol: string(e.Protocol)}})
+					}
 					return nil
 				})
 			},
@@ -270,4 +279,18 @@ func warnDrops(cmd *cobra.Command, m *services.Maps) error {
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: map %s was full %d times: those sockets are missing here (unload and load a state with bigger maps)\n", name, n)
 	}
 	return nil
+}
+
+// terminateRemoved destroys the client sockets still connected to backends
+// that were just taken out of service. It never fails the command: the
+// change is made, and a kernel without bpf_sock_destroy only warns.
+func terminateRemoved(cmd *cobra.Command, s *state.State, m *services.Maps, removed []terminate.Target) {
+	report, err := terminate.Removed(s, m, removed)
+	if err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: terminate sockets connected to removed backends: %v\n", err)
+		return
+	}
+	if report.Destroyed > 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "terminated %d sockets connected to removed backends\n", report.Destroyed)
+	}
 }

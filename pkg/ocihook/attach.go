@@ -100,12 +100,11 @@ func poststop(cfg Config, st *specs.State) error {
 	case a.Owner != Owner:
 		return nil // attached by another tool under this id: not ours to remove
 	}
-	if err := s.Detach(id); err != nil && !errors.Is(err, state.ErrNotFound) {
+	// The container no longer serves: its clients' sockets are destroyed
+	// too. A failure there is logged on stderr and never fails poststop.
+	if _, err := terminate.Detach(s, id, os.Stderr); err != nil && !errors.Is(err, state.ErrNotFound) {
 		return fmt.Errorf("container %s: detach: %w", st.ID, err)
 	}
-	// The container no longer serves: destroy its clients' sockets. A
-	// failure is logged on stderr and never fails the poststop.
-	terminate.Detached(s, a, os.Stderr)
 	return nil
 }
 

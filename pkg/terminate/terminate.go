@@ -111,22 +111,6 @@ func Backend(stateDir string, backend netip.AddrPort, proto string, dryRun bool)
 	return Run(s, []Target{{Addr: backend.Addr(), Port: backend.Port(), Protocol: proto}}, dryRun)
 }
 
-// Attachment terminates the sockets connected to a container that is being
-// detached: every port of its policy's addresses, which are its own. Call
-// it after s.Detach, with the attachment as it was before.
-func Attachment(s *state.State, a *state.Attachment) (*Report, error) {
-	var targets []Target
-	for _, addr := range a.Policy.Addresses {
-		targets = append(targets, Target{Addr: addr})
-	}
-	if len(targets) == 0 {
-		// Without an address of its own nobody can be connected to
-		// this container in particular.
-		return &Report{}, nil
-	}
-	return Run(s, targets, false)
-}
-
 // Run terminates (or, with dryRun, lists) the sockets of attached
 // containers connected to any of the targets, in the caller's network
 // namespace and in every namespace recorded by an attachment. s may be
@@ -438,28 +422,4 @@ func addrFrom(words [4]uint32) netip.Addr {
 var tcpStates = map[uint8]string{
 	1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait-1", 5: "fin-wait-2",
 	6: "time-wait", 7: "close", 8: "close-wait", 9: "last-ack", 10: "listen", 11: "closing",
-}
-
-// Detached is Attachment for the detach paths (portcullisctl detach, CNI
-// DEL, OCI poststop): a failure to terminate, such as a kernel without
-// bpf_sock_destroy, must never block a detach, so it is written to log as
-// one line and nil is returned.
-func Detached(s *state.State, a *state.Attachment, log io.Writer) *Report {
-	report, err := Attachment(s, a)
-	if err != nil {
-		fmt.Fprintf(log, "warning: terminate sockets connected to %s (%s): %v\n", a.ID, addresses(a), err)
-		return nil
-	}
-	return report
-}
-
-func addresses(a *state.Attachment) string {
-	var s []string
-	for _, addr := range a.Policy.Addresses {
-		s = append(s, addr.String())
-	}
-	if len(s) == 0 {
-		return "no addresses"
-	}
-	return strings.Join(s, ", ")
 }
