@@ -1,0 +1,356 @@
+// Package cni is the logic of the chained CNI plugin `portcullis`: it runs
+// after a main plugin (bridge, ptp, macvlan...) and attaches the container's
+// policy to the container's cgroup through the same state as
+// `portcullisctl attach`.
+//
+//	ADD     build the policy (conf, prevResult.ips, portMappings, CNI_ARGS),
+//	        find the container's cgroup, attach; pass prevResult through
+//	DEL     detach; whatever is already gone is not an error
+//	CHECK   the links are pinned, on the right cgroup, with the conf's policy
+//	GC      detach what the runtime no longer lists, and dead cgroups
+//	STATUS  kernel features and bpffs
+//
+// Errors are *types.Error, which skel prints as the spec's error JSON on
+// stdout; diagnostics go only to the conf's logFile.
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/kernel"
+	"github.com/portcullis-net/portcullis/pkg/policy"
+	"github.com/portcullis-net/portcullis/pkg/state"
+)
+
+// Error codes of the plugin's own (the spec leaves 100 and up to plugins).
+const (
+	// ErrCgroupNotFound: the container's cgroup v2 directory cannot be
+	// found (no cgroupPath, no process in CNI_NETNS, or it is gone).
+	ErrCgroupNotFound uint = 100
+	// ErrAttachFailed: the state could not be loaded, or the kernel or the
+	// state refused the attachment (an address not in the container's
+	// namespace, a full map...).
+	ErrAttachFailed uint = 101
+	// ErrCheckFailed: CHECK found the attachment missing or different from
+	// what the conf gives.
+	ErrCheckFailed uint = 102
+)
+
+// VersionInfo lists the spec versions the plugin speaks: from 0.3.0, the
+// first with chained plugins and prevResult, to 1.1.0 (GC and STATUS).
+var VersionInfo = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+// About is printed when the plugin is run without CNI_COMMAND.
+const About = "CNI plugin portcullis: pins a container's sockets to its addresses and ports with eBPF (chained; see docs/cni.md)"
+
+// Funcs are the plugin's verbs for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{
+		Add:    func(a *skel.CmdArgs) error { return run("ADD", a, add) },
+		Del:    func(a *skel.CmdArgs) error { return run("DEL", a, del) },
+		Check:  func(a *skel.CmdArgs) error { return run("CHECK", a, check) },
+		GC:     func(a *skel.CmdArgs) error { return run("GC", a, gc) },
+		Status: func(a *skel.CmdArgs) error { return run("STATUS", a, status) },
+	}
+}
+
+// invocation is one run of the plugin.
+type invocation struct {
+	args *skel.CmdArgs
+	conf *Conf
+	log  *logger
+}
+
+// run parses the conf, opens the log and logs the outcome of fn.
+func run(cmd string, args *skel.CmdArgs, fn func(*invocation) error) error {
+	start := time.Now()
+	prefix := cmd
+	if args.ContainerID != "" {
+		prefix += fmt.Sprintf(" container=%s ifname=%s", args.ContainerID, args.IfName)
+	}
+	conf, err := ParseConf(args.StdinData, args.Args)
+	if err != nil {
+		// The conf is unusable, but its logFile may still be readable.
+		if l, lerr := openLog(logFileOf(args.StdinData), prefix); lerr == nil {
+			l.printf("error: %s", errorText(err))
+			l.close()
+		}
+		return err
+	}
+	l, err := openLog(conf.LogFile, prefix+" network="+conf.Name)
+	if err != nil && (cmd == "ADD" || cmd == "CHECK") {
+		// DEL, GC and STATUS still do their job: a broken log must
+		// never keep a runtime from cleaning up.
+		return invalidConf("%v: fix logFile in the conf or create its folder", err)
+	}
+	defer l.close()
+	err = fn(&invocation{args: args, conf: conf, log: l})
+	if err != nil {
+		l.printf("error after %v: %s", time.Since(start).Round(time.Microsecond), errorText(err))
+		return err
+	}
+	l.printf("ok in %v", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+func add(inv *invocation) error {
+	c, args := inv.conf, inv.args
+	prev, err := c.ParsePrevResult()
+	if err != nil {
+		return err
+	}
+	p, err := c.ContainerPolicy(prev, args.IfName)
+	if err != nil {
+		return err
+	}
+	if err := notPluginNetNS(args); err != nil {
+		return err
+	}
+	cg, err := ContainerCgroup(c.RuntimeConfig.CgroupPath, args.Netns)
+	if err != nil {
+		return types.NewError(ErrCgroupNotFound, "cannot find the container's cgroup: "+err.Error(), "")
+	}
+	id := AttachmentID(args.ContainerID, args.IfName)
+
+	s, err := state.OpenOrLoad(c.StateDir)
+	if err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
+	defer s.Close()
+	if old, err := s.Get(id); err == nil {
+		if !strings.HasPrefix(old.Owner, OwnerPrefix) {
+			return types.NewError(ErrAttachFailed, fmt.Sprintf("attachment %s already exists and was made by %s, not by the CNI plugin: detach it (portcullisctl detach --id %s)", id, old.Owner, id), "")
+		}
+		// The runtime repeats an ADD it thinks failed: the new one
+		// replaces the old.
+		inv.log.printf("replacing existing attachment %s (cgroup %s)", id, old.CgroupPath)
+		if err := s.Detach(id); err != nil {
+			return types.NewError(ErrAttachFailed, "replace attachment "+id+": "+err.Error(), "")
+		}
+	}
+	a, err := s.Attach(state.AttachRequest{ID: id, Cgroup: cg.Path, Policy: p, NetNS: args.Netns, Owner: Owner(c.Name)})
+	if err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
+	policyJSON, _ := json.Marshal(a.Policy)
+	inv.log.printf("attached %s to cgroup %s (id %d) policy %s", id, a.CgroupPath, a.CgroupID, policyJSON)
+
+	// The result is the main plugin's, unchanged.
+	if err := types.PrintResult(c.PrevResult, c.CNIVersion); err != nil {
+		s.Detach(id)
+		return types.NewError(types.ErrIOFailure, "write result: "+err.Error(), "")
+	}
+	return nil
+}
+
+func del(inv *invocation) error {
+	c, args := inv.conf, inv.args
+	id := AttachmentID(args.ContainerID, args.IfName)
+	s, err := state.Open(c.StateDir, true)
+	if errors.Is(err, state.ErrNotLoaded) {
+		inv.log.printf("nothing to do: no state in %s", c.StateDir)
+		return nil
+	} else if err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
+	defer s.Close()
+	a, err := s.Get(id)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		// Detach also removes a link folder a crash left without its
+		// record.
+		if err := s.Detach(id); err != nil && !errors.Is(err, state.ErrNotFound) {
+			return types.NewError(ErrAttachFailed, err.Error(), "")
+		}
+		inv.log.printf("nothing to do: %s is not attached", id)
+		return nil
+	case err != nil:
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	case !strings.HasPrefix(a.Owner, OwnerPrefix):
+		inv.log.printf("left %s alone: it was attached by %s", id, a.Owner)
+		return nil
+	}
+	if err := s.Detach(id); err != nil {
+		return types.NewError(ErrAttachFailed, "detach "+id+": "+err.Error(), "")
+	}
+	inv.log.printf("detached %s from cgroup %s", id, a.CgroupPath)
+	return nil
+}
+
+func check(inv *invocation) error {
+	c, args := inv.conf, inv.args
+	prev, err := c.ParsePrevResult()
+	if err != nil {
+		return err
+	}
+	want, err := c.ContainerPolicy(prev, args.IfName)
+	if err != nil {
+		return err
+	}
+	cg, err := ContainerCgroup(c.RuntimeConfig.CgroupPath, args.Netns)
+	if err != nil {
+		return types.NewError(ErrCgroupNotFound, "cannot find the container's cgroup: "+err.Error(), "")
+	}
+	id := AttachmentID(args.ContainerID, args.IfName)
+	fail := func(format string, a ...any) error {
+		return types.NewError(ErrCheckFailed, fmt.Sprintf(format, a...), "")
+	}
+	s, err := state.Open(c.StateDir, false)
+	if errors.Is(err, state.ErrNotLoaded) {
+		return fail("container %s is not attached: no portcullis state in %s (run DEL and ADD again)", args.ContainerID, c.StateDir)
+	} else if err != nil {
+		return fail("%v", err)
+	}
+	defer s.Close()
+	a, err := s.Get(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return fail("container %s interface %s is not attached (no attachment %s; run DEL and ADD again)", args.ContainerID, args.IfName, id)
+	} else if err != nil {
+		return fail("%v", err)
+	}
+	if a.CgroupID != cg.ID {
+		return fail("attachment %s is on cgroup %s (id %d), but the container's cgroup is %s (id %d): run DEL and ADD again", id, a.CgroupPath, a.CgroupID, cg.Path, cg.ID)
+	}
+	if err := s.VerifyLinks(a); err != nil {
+		return fail("%v: run DEL and ADD again", err)
+	}
+	if have, wantJSON := policyJSON(&a.Policy), policyJSON(want); have != wantJSON {
+		return fail("attachment %s has policy %s, but the conf now gives %s: run DEL and ADD again", id, have, wantJSON)
+	}
+	return nil
+}
+
+func policyJSON(p *policy.Policy) string {
+	data, _ := json.Marshal(p)
+	return string(data)
+}
+
+func gc(inv *invocation) error {
+	c := inv.conf
+	valid := map[string]bool{}
+	for _, va := range c.ValidAttachments {
+		valid[AttachmentID(va.ContainerID, va.IfName)] = true
+	}
+	s, err := state.Open(c.StateDir, true)
+	if errors.Is(err, state.ErrNotLoaded) {
+		return nil
+	} else if err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
+	defer s.Close()
+	list, err := s.Attachments()
+	if err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
+	var errs []error
+	for _, a := range list {
+		var reason string
+		switch {
+		case !strings.HasPrefix(a.Owner, OwnerPrefix):
+			continue // portcullisctl's or the OCI hook's
+		case !a.Cgroup().Exists():
+			reason = "its cgroup " + a.CgroupPath + " no longer exists"
+		case a.Owner == Owner(c.Name) && !valid[a.ID]:
+			reason = "it is not in cni.dev/valid-attachments"
+		default:
+			continue
+		}
+		if err := s.Detach(a.ID); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", a.ID, err))
+			continue
+		}
+		inv.log.printf("removed %s (%s): %s", a.ID, a.Owner, reason)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
+	return nil
+}
+
+func status(inv *invocation) error {
+	if reason := notReady(inv.conf.StateDir); reason != "" {
+		return types.NewError(types.ErrPluginNotAvailable, "portcullis is not ready: "+reason, "")
+	}
+	return nil
+}
+
+// notReady says why ADD could not work now, or "" when it could.
+func notReady(dir string) string {
+	if err := kernel.Require(dir); err != nil {
+		return err.Error() + " (portcullisctl doctor checks each feature)"
+	}
+	if st, err := os.Stat(dir); err == nil {
+		if !st.IsDir() {
+			return fmt.Sprintf("stateDir %s is not a directory", dir)
+		}
+		s, err := state.Open(dir, false)
+		if err != nil {
+			return fmt.Sprintf("the state pinned in %s cannot be opened: %v", dir, err)
+		}
+		s.Close()
+		return ""
+	}
+	// No state yet: the first ADD loads it into the parent, mounting
+	// bpffs there when it is not bpffs already, which only works on an
+	// empty directory.
+	parent := filepath.Dir(dir)
+	var fs unix.Statfs_t
+	if unix.Statfs(parent, &fs) == nil && fs.Type == unix.BPF_FS_MAGIC {
+		return ""
+	}
+	st, err := os.Stat(parent)
+	if err != nil {
+		return fmt.Sprintf("stateDir's parent %s: %v", parent, err)
+	}
+	if !st.IsDir() {
+		return fmt.Sprintf("stateDir's parent %s is not a directory", parent)
+	}
+	if entries, _ := os.ReadDir(parent); len(entries) > 0 {
+		return fmt.Sprintf("stateDir's parent %s is not bpffs and not empty, so bpffs cannot be mounted there: mount it (mount -t bpf bpf %s) or set stateDir to a folder on bpffs", parent, parent)
+	}
+	return ""
+}
+
+// notPluginNetNS refuses a CNI_NETNS that is the plugin's own namespace
+// before anything is attached (skel checks only after ADD returns).
+func notPluginNetNS(args *skel.CmdArgs) error {
+	if o := strings.ToLower(args.NetnsOverride); o == "1" || o == "true" {
+		return nil
+	}
+	var theirs, ours unix.Stat_t
+	if unix.Stat(args.Netns, &theirs) != nil || unix.Stat("/proc/thread-self/ns/net", &ours) != nil {
+		return nil // the cgroup lookup reports a missing netns
+	}
+	if theirs.Dev == ours.Dev && theirs.Ino == ours.Ino {
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS "+args.Netns+" is the plugin's own network namespace: the container needs a namespace of its own", "")
+	}
+	return nil
+}
+
+// logFileOf reads only the logFile of a conf that failed to parse.
+func logFileOf(stdin []byte) string {
+	var c struct {
+		LogFile string `json:"logFile"`
+	}
+	json.Unmarshal(stdin, &c)
+	return c.LogFile
+}
+
+func errorText(err error) string {
+	var e *types.Error
+	if errors.As(err, &e) {
+		return fmt.Sprintf("code %d: %s", e.Code, e.Msg)
+	}
+	return err.Error()
+}

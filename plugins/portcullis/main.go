@@ -1,0 +1,15 @@
+// Command portcullis is the chained CNI plugin: listed after the main
+// plugin (bridge, ptp, macvlan...) in a conflist, it attaches the
+// container's portcullis policy to the container's cgroup at ADD and
+// removes it at DEL. The logic is in pkg/cni; see docs/cni.md.
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/portcullis-net/portcullis/pkg/cni"
+)
+
+func main() {
+	skel.PluginMainFuncs(cni.Funcs(), cni.VersionInfo, cni.About)
+}
