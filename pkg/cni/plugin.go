@@ -31,6 +31,7 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/kernel"
 	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
 
 // Error codes of the plugin's own (the spec leaves 100 and up to plugins).
@@ -181,10 +182,20 @@ func del(inv *invocation) error {
 		inv.log.printf("left %s alone: it was attached by %s", id, a.Owner)
 		return nil
 	}
-	if err := s.Detach(id); err != nil {
+	// The container's clients lose their sockets to it too; a failure
+	// there is logged and never fails DEL.
+	var warning strings.Builder
+	report, err := terminate.Detach(s, id, &warning)
+	if err != nil {
 		return types.NewError(ErrAttachFailed, "detach "+id+": "+err.Error(), "")
 	}
 	inv.log.printf("detached %s from cgroup %s", id, a.CgroupPath)
+	if warning.Len() > 0 {
+		inv.log.printf("%s", warning.String())
+	}
+	if report != nil && report.Destroyed > 0 {
+		inv.log.printf("terminated %d sockets connected to %s", report.Destroyed, id)
+	}
 	return nil
 }
 
