@@ -100,7 +100,7 @@ func TestBadInput(t *testing.T) {
 			if folders := c.linkFolders(); len(folders) != 0 {
 				t.Fatalf("link folders after a failed ADD: %v", folders)
 			}
-			if n := c.mapEntries(); n["policies"]+n["portmaps"]+n["attachments"] != 0 {
+			if total, n := c.totalEntries(); total != 0 {
 				t.Fatalf("map entries after a failed ADD: %v", n)
 			}
 		})
@@ -166,7 +166,7 @@ func TestConcurrentAdds(t *testing.T) {
 	for _, k := range ks {
 		c.requireGone(k)
 	}
-	if n := c.mapEntries(); n["policies"]+n["portmaps"]+n["attachments"] != 0 {
+	if total, n := c.totalEntries(); total != 0 {
 		t.Fatalf("map entries after the DELs: %v", n)
 	}
 }

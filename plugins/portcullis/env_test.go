@@ -189,20 +189,45 @@ func cgroupPrograms(t *testing.T, cg cgroup.Cgroup) string {
 	return strings.TrimSpace(testenv.Run(t, "bpftool", "cgroup", "show", cg.Path))
 }
 
-// mapEntries counts the entries of the pinned maps that hold per-container
-// data, with bpftool.
+// mapEntries counts, with bpftool, the entries of every pinned hash map:
+// the ones that hold per-container data (policies, port mappings, records,
+// the services' registry...). Arrays (counters) and LRU caches are left
+// out.
 func (c *chain) mapEntries() map[string]int {
 	c.t.Helper()
 	counts := map[string]int{}
-	for _, m := range []string{"policies", "portmaps", "attachments"} {
-		out := testenv.Run(c.t, "bpftool", "-j", "map", "dump", "pinned", filepath.Join(c.stateDir, "maps", m))
+	paths, _ := filepath.Glob(filepath.Join(c.stateDir, "maps", "*"))
+	for _, path := range paths {
+		var info struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal([]byte(testenv.Run(c.t, "bpftool", "-j", "map", "show", "pinned", path)), &info); err != nil {
+			c.t.Fatal(err)
+		}
+		if info.Type != "hash" {
+			continue
+		}
+		out := testenv.Run(c.t, "bpftool", "-j", "map", "dump", "pinned", path)
 		var entries []json.RawMessage
 		if err := json.Unmarshal([]byte(out), &entries); err != nil {
-			c.t.Fatalf("bpftool map dump %s: %v\n%s", m, err, out)
+			c.t.Fatalf("bpftool map dump %s: %v\n%s", path, err, out)
 		}
-		counts[m] = len(entries)
+		counts[filepath.Base(path)] = len(entries)
+	}
+	if _, ok := counts["policies"]; !ok {
+		c.t.Fatalf("no policies map among %v", paths)
 	}
 	return counts
+}
+
+// totalEntries sums mapEntries.
+func (c *chain) totalEntries() (int, map[string]int) {
+	counts := c.mapEntries()
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	return total, counts
 }
 
 // linkFolders lists the per-attachment folders of pinned links.

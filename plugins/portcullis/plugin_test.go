@@ -117,7 +117,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("DEL: %v", err)
 	}
 	c.requireGone(k)
-	if n := c.mapEntries(); n["policies"]+n["portmaps"]+n["attachments"] != 0 {
+	if total, n := c.totalEntries(); total != 0 {
 		t.Fatalf("map entries left after DEL: %v", n)
 	}
 	if folders := c.linkFolders(); len(folders) != 0 {
@@ -211,7 +211,7 @@ func TestDelWhenGone(t *testing.T) {
 		t.Fatalf("DEL with the netns and cgroup gone: %v", err)
 	}
 	c.requireGone(k)
-	if n := c.mapEntries(); n["policies"]+n["portmaps"]+n["attachments"] != 0 {
+	if total, n := c.totalEntries(); total != 0 {
 		t.Fatalf("map entries left: %v", n)
 	}
 
