@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -87,7 +88,7 @@ func (p Protocol) Number() uint8 {
 // values with an error that names the field.
 func Parse(data []byte) (*Policy, error) {
 	var p Policy
-	if err := decodeStrict(data, &p); err != nil {
+	if err := DecodeStrict(data, &p); err != nil {
 		return nil, fmt.Errorf("invalid policy: %w", err)
 	}
 	return &p, nil
@@ -109,7 +110,7 @@ type document struct {
 // policy is embedded) and validates.
 func (p *Policy) UnmarshalJSON(data []byte) error {
 	var doc document
-	if err := decodeStrict(data, &doc); err != nil {
+	if err := DecodeStrict(data, &doc); err != nil {
 		return err
 	}
 	parsed := Policy(doc.plain)
@@ -150,9 +151,11 @@ func ParseFile(path string) (*Policy, error) {
 	return p, nil
 }
 
-// decodeStrict decodes one JSON value, failing on unknown fields and on
-// trailing data, and rewrites encoding/json's errors to name the field.
-func decodeStrict(data []byte, v any) error {
+// DecodeStrict decodes one JSON value, failing on unknown fields (matched
+// exactly, not case-insensitively as encoding/json does) and on trailing
+// data, and rewrites encoding/json's errors to name the field. Every
+// portcullis document is read with it.
+func DecodeStrict(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -161,7 +164,7 @@ func decodeStrict(data []byte, v any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("trailing data after the JSON document")
 	}
-	return nil
+	return checkExactKeys(data, reflect.TypeOf(v), "")
 }
 
 func describeJSONError(err error) error {

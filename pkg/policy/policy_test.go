@@ -104,3 +104,15 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestKeysAreMatchedExactly(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{`{"allowedports": ["1"]}`, `unknown field "allowedports"`},
+		{`{"Addresses": ["127.0.0.2"]}`, `unknown field "Addresses"`},
+		{`{"portMappings": [{"containerport": 80, "hostPort": 81}]}`, `unknown field "containerport" in portMappings[0]`},
+	} {
+		if _, err := Parse([]byte(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%s) = %v, want %q", tc.doc, err, tc.want)
+		}
+	}
+}

@@ -2,14 +2,14 @@ package services
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/portcullis-net/portcullis/pkg/policy"
 )
 
 // DefaultDir holds service declarations, one or more per *.json file.
@@ -29,12 +29,12 @@ func ParseDeclarations(data []byte) ([]Declaration, error) {
 	data = bytes.TrimSpace(data)
 	var list []Declaration
 	if len(data) > 0 && data[0] == '[' {
-		if err := decodeStrict(data, &list); err != nil {
+		if err := policy.DecodeStrict(data, &list); err != nil {
 			return nil, err
 		}
 	} else {
 		var d Declaration
-		if err := decodeStrict(data, &d); err != nil {
+		if err := policy.DecodeStrict(data, &d); err != nil {
 			return nil, err
 		}
 		list = []Declaration{d}
@@ -45,18 +45,6 @@ func ParseDeclarations(data []byte) ([]Declaration, error) {
 		}
 	}
 	return list, nil
-}
-
-func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("trailing data after the JSON document")
-	}
-	return nil
 }
 
 // LoadDir reads every *.json file of dir in name order. A missing dir
