@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/portcullis-net/portcullis/pkg/policy"
+	"github.com/portcullis-net/portcullis/pkg/services"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -27,6 +28,9 @@ type Conf struct {
 	// Policies are named per-container policies, selected with the CNI
 	// argument PORTCULLIS_POLICY=name.
 	Policies map[string]*policy.Policy `json:"-"`
+	// Services are declared for the whole network (the same shape as
+	// services.d files) and applied at every ADD; applying is idempotent.
+	Services []services.Declaration `json:"-"`
 	// StateDir is the pinned state; empty means state.Dir().
 	StateDir string `json:"stateDir,omitempty"`
 	// LogFile receives one line per invocation; empty means no log.
@@ -54,7 +58,7 @@ var knownKeys = map[string]bool{
 	"cniVersion": true, "name": true, "type": true, "capabilities": true,
 	"ipam": true, "dns": true, "args": true, "runtimeConfig": true,
 	"prevResult": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
-	"policy": true, "policies": true, "stateDir": true, "logFile": true,
+	"policy": true, "policies": true, "services": true, "stateDir": true, "logFile": true,
 }
 
 // ParseConf reads the conf from stdin and the CNI arguments. Errors are
@@ -74,7 +78,7 @@ func ParseConf(stdin []byte, cniArgs string) (*Conf, error) {
 		sort.Strings(unknown)
 		k := unknown[0]
 		return nil, types.NewError(types.ErrUnsupportedField,
-			fmt.Sprintf("unknown field %q (value %s) in the portcullis conf: remove it or fix its spelling (portcullis' own fields are policy, policies, stateDir, logFile)", k, compact(raw[k])), "")
+			fmt.Sprintf("unknown field %q (value %s) in the portcullis conf: remove it or fix its spelling (portcullis' own fields are policy, policies, services, stateDir, logFile)", k, compact(raw[k])), "")
 	}
 
 	var c Conf
@@ -104,6 +108,13 @@ func ParseConf(stdin []byte, cniArgs string) (*Conf, error) {
 			}
 			c.Policies[name] = p
 		}
+	}
+	if data, ok := raw["services"]; ok && !isNull(data) {
+		decls, err := services.ParseDeclarations(data)
+		if err != nil {
+			return nil, invalidConf("services: %v", err)
+		}
+		c.Services = decls
 	}
 	for where, p := range c.confPolicies() {
 		if len(p.Addresses) > 0 {

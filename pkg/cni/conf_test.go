@@ -85,6 +85,10 @@ func TestParseConfErrors(t *testing.T) {
 			`policies.web: invalid policy: unknown field "allowedPort"`},
 		{"addresses in conf", string(conf(`"policy": {"addresses": ["10.0.0.1"]}`)), "", types.ErrInvalidNetworkConfig,
 			"policy.addresses: a container's addresses come from the main plugin's result"},
+		{"bad service", string(conf(`"services": [{"name": "db", "frontends": []}]`)), "", types.ErrInvalidNetworkConfig,
+			"services: service db: needs at least one frontend"},
+		{"unknown service field", string(conf(`"services": {"name": "db", "frontend": ["127.0.0.1:1"]}`)), "", types.ErrInvalidNetworkConfig,
+			`services: unknown field "frontend"`},
 		{"bad CNI_ARGS", string(conf("")), "PORTCULLIS_POLICY=web;K8S_POD_NAME=x", types.ErrInvalidEnvironmentVariables,
 			`CNI_ARGS "PORTCULLIS_POLICY=web;K8S_POD_NAME=x": ARGS: unknown args ["K8S_POD_NAME=x"]`},
 	} {

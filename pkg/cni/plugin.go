@@ -129,6 +129,9 @@ func add(inv *invocation) error {
 		return types.NewError(ErrAttachFailed, err.Error(), "")
 	}
 	defer s.Close()
+	if err := s.ApplyServices(c.Services); err != nil {
+		return types.NewError(ErrAttachFailed, "services: "+err.Error(), "")
+	}
 	if old, err := s.Get(id); err == nil {
 		if !strings.HasPrefix(old.Owner, OwnerPrefix) {
 			return types.NewError(ErrAttachFailed, fmt.Sprintf("attachment %s already exists and was made by %s, not by the CNI plugin: detach it (portcullisctl detach --id %s)", id, old.Owner, id), "")

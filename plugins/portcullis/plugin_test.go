@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -26,7 +27,8 @@ const (
 
 const chainKeys = `"capabilities": {"portMappings": true, "cgroupPath": true},
 	"policy": {"allowedPorts": ["` + allowedPort + `"]},
-	"policies": {"web": {"allowedPorts": ["` + allowedPort + `", "` + webPort + `"]}}`
+	"policies": {"web": {"allowedPorts": ["` + allowedPort + `", "` + webPort + `"]}},
+	"services": [{"name": "db", "frontends": ["10.96.0.10:5432"], "backends": ["10.99.0.250:5432"]}]`
 
 // TestLifecycle runs ADD, CHECK and DEL through libcni on the full chain
 // and looks at the result from outside: portcullisctl status, bpftool, and
@@ -49,6 +51,11 @@ func TestLifecycle(t *testing.T) {
 	wantPolicy := `{"addresses":["` + ip + `"],"allowedPorts":["` + allowedPort + `","` + webPort + `"],"portMappings":[{"containerPort":8080,"hostPort":28080,"protocol":"tcp"}]}`
 	if a.ID != k.id+"-eth0" || a.CgroupID != k.cg.ID || a.Owner != "cni:"+c.name || a.NetNS != k.ns.Path || string(policy) != wantPolicy {
 		t.Fatalf("attachment %+v policy %s\nwant id %s-eth0, cgroup %s, owner cni:%s, netns %s, policy %s", a, policy, k.id, k.cg.Path, c.name, k.ns.Path, wantPolicy)
+	}
+	// ADD applied the services the conf declares.
+	if out, err := exec.Command(c.ctl, "service", "show", "db", "--state-dir", c.stateDir).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "10.96.0.10:5432") || !strings.Contains(string(out), "10.99.0.250:5432") {
+		t.Fatalf("portcullisctl service show db after ADD: %v\n%s", err, out)
 	}
 	progs := cgroupPrograms(t, k.cg)
 	for _, attachType := range []string{"bind4", "bind6", "connect4", "connect6", "sendmsg4", "sendmsg6", "getsockname4", "getsockname6"} {
@@ -117,8 +124,17 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("DEL: %v", err)
 	}
 	c.requireGone(k)
-	if total, n := c.totalEntries(); total != 0 {
-		t.Fatalf("map entries left after DEL: %v", n)
+	// Only the network's declared service "db" (one name, frontend and
+	// static backend) outlives the container.
+	_, n := c.totalEntries()
+	for m, entries := range n {
+		want := 0
+		if m == "svc_names" || m == "svc_frontends" || m == "svc_backends" {
+			want = 1
+		}
+		if entries != want {
+			t.Fatalf("map entries left after DEL: %v", n)
+		}
 	}
 	if folders := c.linkFolders(); len(folders) != 0 {
 		t.Fatalf("link folders left after DEL: %v", folders)
