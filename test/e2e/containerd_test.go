@@ -56,7 +56,7 @@ func TestContainerdCNI(t *testing.T) {
 	probe := testenv.Binary(t, "./test/sockprobe")
 	busybox := testenv.RequireCommand(t, "busybox", "busybox-static")
 	host := testenv.NewNetNS(t)
-	sock, ctr := startCNIContainerd(t)
+	sock, ctr := startContainerd(t)
 
 	// The CNI folders ctr will see.
 	dir := t.TempDir()
@@ -199,12 +199,13 @@ func writeConflist(t *testing.T, path, network, stateDir, logFile, ipamDir strin
 	writeJSON(t, path, list)
 }
 
-// startCNIContainerd starts a containerd of the test's own (root, state,
+// startContainerd starts a containerd of the test's own (root, state,
 // socket; the CRI plugin off), stopped by its PID at cleanup, and returns
-// its socket and a ctr runner for it.
-func startCNIContainerd(t *testing.T) (string, func(args ...string) (string, error)) {
+// its socket and a ctr runner for it. The CNI and OCI hook tests share it.
+func startContainerd(t *testing.T) (string, func(args ...string) (string, error)) {
 	t.Helper()
 	testenv.RequireCommand(t, "containerd", "containerd")
+	testenv.RequireCommand(t, "ctr", "containerd")
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "containerd.sock")
 	config := filepath.Join(dir, "config.toml")

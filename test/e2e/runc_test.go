@@ -520,7 +520,7 @@ func TestRuncHooksDFile(t *testing.T) {
 // delete, exactly as runc does.
 func TestContainerdHookInSpec(t *testing.T) {
 	e := newRuncEnv(t)
-	ctr := startHookContainerd(t)
+	_, ctr := startContainerd(t)
 	id := "pc-hook-ctrd-" + testenv.Suffix()
 	bundle := e.bundle(bundleOptions{
 		args:        []string{"sockprobe", "listen", "-addr", "0.0.0.0:" + runcPort, "-name", id},
@@ -566,43 +566,6 @@ func TestContainerdHookInSpec(t *testing.T) {
 	if got := e.attachments(); len(got) != 0 {
 		t.Fatalf("after ctr task rm: attachments %v", attachmentIDs(got))
 	}
-}
-
-// startHookContainerd starts a containerd of the test's own (root, state,
-// socket; the CRI plugin off) and returns a ctr runner for it. Cleanup
-// stops it after the test's containers are gone.
-func startHookContainerd(t *testing.T) func(args ...string) (string, error) {
-	t.Helper()
-	testenv.RequireCommand(t, "containerd", "containerd")
-	testenv.RequireCommand(t, "ctr", "containerd")
-	dir := t.TempDir()
-	config := filepath.Join(dir, "config.toml")
-	sock := filepath.Join(dir, "containerd.sock")
-	os.WriteFile(config, []byte(fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "opt"))), 0o644)
-	testenv.Start(t, cgroup.Cgroup{}, exec.Command("containerd", "--config", config))
-	ctr := func(args ...string) (string, error) {
-		out, err := exec.Command("ctr", append([]string{"--address", sock}, args...)...).CombinedOutput()
-		return string(out), err
-	}
-	for i := 0; ; i++ {
-		out, err := ctr("version")
-		if err == nil {
-			break
-		}
-		if i == 100 {
-			t.Fatalf("containerd did not start: %v\n%s", err, out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return ctr
 }
 
 // TestRuncNoAnnotation: the hook leaves a container without portcullis
