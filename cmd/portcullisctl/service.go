@@ -30,16 +30,9 @@ func withServices(opts *options, change bool, f func(s *state.State, m *services
 		return err
 	}
 	defer s.Close()
-	m, err := s.Services()
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	providers, err := s.Providers()
-	if err != nil {
-		return err
-	}
-	return f(s, m, providers)
+	return s.WithServices(func(m *services.Maps, providers []services.Provider) error {
+		return f(s, m, providers)
+	})
 }
 
 func parseEndpoints(list []string) ([]services.Endpoint, error) {

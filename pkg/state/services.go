@@ -29,6 +29,14 @@ func (s *State) Providers() ([]services.Provider, error) {
 // ApplyServices puts service declarations (from the CNI conf or
 // services.d); applying the same declarations again changes nothing.
 func (s *State) ApplyServices(decls []services.Declaration) error {
+	return s.WithServices(func(m *services.Maps, providers []services.Provider) error {
+		return m.Apply(decls, providers)
+	})
+}
+
+// WithServices runs f with the open service maps and the current
+// providers (the attachments whose policies provide services).
+func (s *State) WithServices(f func(m *services.Maps, providers []services.Provider) error) error {
 	m, err := s.Services()
 	if err != nil {
 		return err
@@ -38,7 +46,7 @@ func (s *State) ApplyServices(decls []services.Declaration) error {
 	if err != nil {
 		return err
 	}
-	return m.Apply(decls, providers)
+	return f(m, providers)
 }
 
 // syncServices runs after an attachment was recorded (gone false) or
