@@ -13,6 +13,8 @@ cg="$mount/portcullis-demo"
 policy=$(mktemp)
 www=$(mktemp -d)
 pids=()
+state_dir=${PORTCULLIS_STATE_DIR:-/sys/fs/bpf/portcullis}
+loaded_before=$([ -d "$state_dir" ] && echo yes || echo no)
 
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -20,6 +22,9 @@ cleanup() {
 	wait 2>/dev/null || true
 	$ctl detach --id demo >/dev/null 2>&1 || true
 	for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
+	# Unload only what the demo loaded itself (unload refuses while
+	# anything else is attached).
+	[ "$loaded_before" = no ] && $ctl unload >/dev/null 2>&1 || true
 	rm -rf "$policy" "$www"
 }
 trap cleanup EXIT
