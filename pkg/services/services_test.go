@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
-	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/services"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/test/testenv"
@@ -50,31 +49,13 @@ func (w *world) state(t *testing.T) *state.State {
 func (w *world) container(t *testing.T, id, doc string) cgroup.Cgroup {
 	t.Helper()
 	cg := testenv.Cgroup(t, id)
-	p, err := policy.Parse([]byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := state.OpenOrLoad(w.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if _, err := s.Attach(state.AttachRequest{ID: id, Cgroup: cg.Path, Policy: p, NetNS: w.ns.Path}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Attach(t, w.dir, id, cg.Path, doc, w.ns.Path)
 	return cg
 }
 
 func (w *world) detach(t *testing.T, id string) {
 	t.Helper()
-	s, err := state.Open(w.dir, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Detach(id); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Detach(t, w.dir, id)
 }
 
 func (w *world) addService(t *testing.T, name string, frontends []string, backends ...string) {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
-	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
@@ -61,32 +60,12 @@ func newWorld(t *testing.T) *world {
 
 func (w *world) attach(t *testing.T, doc string) *state.Attachment {
 	t.Helper()
-	p, err := policy.Parse([]byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := state.OpenOrLoad(w.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	a, err := s.Attach(state.AttachRequest{ID: "ctr", Cgroup: w.cg.Path, Policy: p, NetNS: w.ns.Path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return testenv.Attach(t, w.dir, "ctr", w.cg.Path, doc, w.ns.Path)
 }
 
 func (w *world) detach(t *testing.T) {
 	t.Helper()
-	s, err := state.Open(w.dir, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Detach("ctr"); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Detach(t, w.dir, "ctr")
 }
 
 // probeIn runs sockprobe in cg (zero: outside any container) and returns

@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
-	"github.com/portcullis-net/portcullis/pkg/policy"
-	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/terminate"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
@@ -78,18 +76,7 @@ func (w *world) addrPort(addr netip.Addr) string {
 // termination scans it.
 func (w *world) attach(t *testing.T, id string, cg cgroup.Cgroup, doc string, netns string) {
 	t.Helper()
-	p, err := policy.Parse([]byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := state.OpenOrLoad(w.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if _, err := s.Attach(state.AttachRequest{ID: id, Cgroup: cg.Path, Policy: p, NetNS: netns}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Attach(t, w.dir, id, cg.Path, doc, netns)
 }
 
 // client holds one connection open; it has said which server answered.

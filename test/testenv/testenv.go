@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -367,4 +368,39 @@ func RepoRoot(t testing.TB) string {
 		t.Fatal("cannot find the repository root")
 	}
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Attach parses doc as a policy and attaches it to the cgroup at path as id
+// in the state at dir (loading it if needed); netns is where the policy's
+// addresses must be. Any error fails the test.
+func Attach(t testing.TB, dir, id, path, doc, netns string) *state.Attachment {
+	t.Helper()
+	p, err := policy.Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := state.OpenOrLoad(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, err := s.Attach(state.AttachRequest{ID: id, Cgroup: path, Policy: p, NetNS: netns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// Detach removes attachment id from the state at dir, failing the test on
+// any error.
+func Detach(t testing.TB, dir, id string) {
+	t.Helper()
+	s, err := state.Open(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Detach(id); err != nil {
+		t.Fatal(err)
+	}
 }
