@@ -119,10 +119,7 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 			undo.run()
 		}
 	}()
-	compiled, err := compile(cg.ID, req.Policy)
-	if err != nil {
-		return nil, err
-	}
+	compiled := compile(cg.ID, req.Policy)
 	for _, e := range compiled.portmaps {
 		if err := s.put(s.portmaps, &e.key, &e.value); err != nil {
 			return nil, err
@@ -191,11 +188,8 @@ func (s *State) Detach(id string) error {
 	if err := detachLinks(s.linkDir(id)); err != nil {
 		return err
 	}
-	compiled, err := compile(a.CgroupID, &a.Policy)
-	if err == nil {
-		for _, e := range compiled.portmaps {
-			s.portmaps.Delete(&e.key)
-		}
+	for _, e := range compile(a.CgroupID, &a.Policy).portmaps {
+		s.portmaps.Delete(&e.key)
 	}
 	if err := s.policies.Delete(&a.CgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("detach %s: %w", id, err)

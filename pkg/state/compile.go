@@ -33,7 +33,7 @@ type compiled struct {
 
 // compile turns a validated policy into the entries of the policies and
 // portmaps maps for one cgroup.
-func compile(cgroupID uint64, p *policy.Policy) (*compiled, error) {
+func compile(cgroupID uint64, p *policy.Policy) *compiled {
 	var c compiled
 	if a, ok := p.Address(false); ok {
 		c.policy.Flags |= policyHasAddr4
@@ -61,7 +61,7 @@ func compile(cgroupID uint64, p *policy.Policy) (*compiled, error) {
 			portmapEntry{bpfobj.PortcullisPortmapKey{CgroupId: cgroupID, Port: m.HostPort, Protocol: proto, Direction: portmapToContainer}, m.ContainerPort},
 		)
 	}
-	return &c, nil
+	return &c
 }
 
 // nativeOfNetwork returns the uint32 whose in-memory bytes are b, which is
