@@ -143,7 +143,7 @@ func serve(fd int, ap netip.AddrPort, proto, name string) {
 	if proto == "udp" {
 		buf := make([]byte, 2048)
 		for {
-			n, from, err := unix.Recvfrom(fd, buf, 0)
+			n, from, err := recvfrom(fd, buf, 0)
 			if err != nil {
 				fail("recvfrom", err)
 			}
@@ -163,7 +163,7 @@ func serve(fd int, ap netip.AddrPort, proto, name string) {
 			unix.Write(c, []byte(name+"\n"))
 			buf := make([]byte, 64)
 			for {
-				if n, err := unix.Read(c, buf); n <= 0 || err != nil {
+				if n, err := read(c, buf); n <= 0 || err != nil {
 					unix.Close(c)
 					return
 				}
@@ -180,7 +180,7 @@ func datagram(fd int, ap netip.AddrPort, send string) {
 	}
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
 	buf := make([]byte, 2048)
-	n, from, err := unix.Recvfrom(fd, buf, 0)
+	n, from, err := recvfrom(fd, buf, 0)
 	if err != nil {
 		fail("recvfrom", err)
 	}
@@ -202,7 +202,7 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 		if _, err := unix.Write(fd, []byte(send)); err != nil {
 			fail("send", err)
 		}
-		n, from, err := unix.Recvfrom(fd, buf, 0)
+		n, from, err := recvfrom(fd, buf, 0)
 		if err != nil {
 			fail("recv", err)
 		}
@@ -211,7 +211,7 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 			r.Peer = format(from)
 		}
 	} else {
-		n, err := unix.Read(fd, buf)
+		n, err := read(fd, buf)
 		if err != nil {
 			fail("read", err)
 		}
@@ -229,13 +229,13 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 		var n int
 		if proto == "udp" {
 			if _, err = unix.Write(fd, []byte(send)); err == nil {
-				n, _, err = unix.Recvfrom(fd, buf, 0)
+				n, _, err = recvfrom(fd, buf, 0)
 				if errors.Is(err, unix.EAGAIN) {
 					err = nil
 				}
 			}
 		} else {
-			n, err = unix.Read(fd, buf)
+			n, err = read(fd, buf)
 			if errors.Is(err, unix.EAGAIN) {
 				continue
 			}
@@ -248,5 +248,27 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 			fail("hold", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// recvfrom and read retry when a signal interrupts them. Go's runtime
+// preempts goroutines with SIGURG, and a socket call with SO_RCVTIMEO set is
+// not restarted after a signal (signal(7)), so without the retry a probe
+// would report EINTR as if its socket had been killed.
+func recvfrom(fd int, buf []byte, flags int) (int, unix.Sockaddr, error) {
+	for {
+		n, from, err := unix.Recvfrom(fd, buf, flags)
+		if err != unix.EINTR {
+			return n, from, err
+		}
+	}
+}
+
+func read(fd int, buf []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, buf)
+		if err != unix.EINTR {
+			return n, err
+		}
 	}
 }
