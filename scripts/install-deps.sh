@@ -9,6 +9,11 @@ packages=(
 	busybox-static                             # static clients/servers in tests and the demo
 	runc containerd containernetworking-plugins # end-to-end tests with real runtimes
 	iperf3 wrk                                  # benchmarks
+	nginx-light redis-server                    # real servers with stock configuration in tests
+	podman                                      # end-to-end tests: podman's hooks.d and CNI backend
+	stress-ng                                   # CI runs the suite once more under CPU pressure
+	etcd-server etcd-client                     # multi-host service sync tests
+	tcpdump nftables iptables                   # wire checks; the reference portmap plugin
 	git make ca-certificates
 )
 
@@ -37,6 +42,19 @@ if ! command -v go >/dev/null; then
 		apt-get install -y -q golang-go
 	fi
 fi
+
+# Real CRI and CNI clients for the end-to-end tests, from the Go module
+# proxy: crictl drives containerd's CRI as kubelet does, cnitool drives a
+# conflist as a runtime does.
+gobin=/usr/local/bin
+[ -x $gobin/crictl ] || GOBIN=$gobin go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
+[ -x $gobin/cnitool ] || GOBIN=$gobin go install github.com/containernetworking/cni/cnitool@v1.3.0
+
+# Debian's packages start their services on install; the tests start their
+# own instances on their own ports, so the stock ones are stopped.
+for svc in nginx redis-server etcd; do
+	service "$svc" stop >/dev/null 2>&1 || true
+done
 
 # bpffs holds the pinned state; portcullis mounts it on first use too.
 if ! mountpoint -q /sys/fs/bpf; then

@@ -204,6 +204,7 @@ func Run(t testing.TB, name string, args ...string) string {
 // Proc is a process a test started, with its stdout read line by line.
 type Proc struct {
 	Cmd    *exec.Cmd
+	stdout io.ReadCloser
 	lines  chan string
 	stderr *strings.Builder
 	done   chan struct{}
@@ -231,24 +232,37 @@ func Start(t testing.TB, cg cgroup.Cgroup, cmd *exec.Cmd) *Proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %v: %v", cmd.Args, err)
 	}
+	p.stdout = stdout
+	// Wait closes the pipe as soon as the process exits, so it must only
+	// run once stdout has been read to EOF: otherwise a fast process's
+	// last lines are lost (os/exec: "it is incorrect to call Wait before
+	// all reads from the pipe have completed").
 	go func() {
 		scanner := bufio.NewScanner(stdout)
 		for scanner.Scan() {
 			p.lines <- scanner.Text()
 		}
 		close(p.lines)
+		cmd.Wait()
+		close(p.done)
 	}()
-	go func() { cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() { p.Kill() })
 	return p
 }
 
-// Kill stops the process and waits for it.
+// Kill stops the process and waits for it. A descendant that still holds
+// stdout open would keep the reader from EOF, so after a grace period the
+// pipe is closed from this side.
 func (p *Proc) Kill() {
 	if p.Cmd.Process != nil {
 		p.Cmd.Process.Kill()
 	}
-	<-p.done
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.stdout.Close()
+		<-p.done
+	}
 }
 
 // Wait waits for the process to exit.
@@ -286,12 +300,20 @@ func (p *Proc) Line(t testing.TB, timeout time.Duration) string {
 // Output returns stdout up to exit.
 func (p *Proc) Output(t testing.TB, timeout time.Duration) string {
 	t.Helper()
-	p.Wait(t, timeout)
+	deadline := time.After(timeout)
 	var lines []string
-	for line := range p.lines {
-		lines = append(lines, line)
+	for {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				p.Wait(t, timeout)
+				return strings.Join(lines, "\n")
+			}
+			lines = append(lines, line)
+		case <-deadline:
+			t.Fatalf("%v did not exit within %v", p.Cmd.Args, timeout)
+		}
 	}
-	return strings.Join(lines, "\n")
 }
 
 type lockedWriter struct {
