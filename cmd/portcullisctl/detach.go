@@ -55,6 +55,13 @@ func newDetachCommand(opts *options) *cobra.Command {
 // attachmentOfCgroup finds the attachment of a cgroup by path; the cgroup
 // itself may already be gone.
 func attachmentOfCgroup(s *state.State, path string) (string, error) {
+	if cg, err := cgroup.Resolve(path); err == nil {
+		if id, err := s.AttachmentOfCgroup(cg.ID); err != nil || id != "" {
+			return id, err
+		}
+	}
+	// The cgroup is gone (or was attached under another path): the
+	// records know its path.
 	list, err := s.Attachments()
 	if err != nil {
 		return "", err

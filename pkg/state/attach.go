@@ -90,7 +90,7 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	if holder, err := s.attachmentOfCgroup(cg.ID); err != nil {
+	if holder, err := s.attachmentOfKey(cg.ID); err != nil {
 		return nil, err
 	} else if holder != "" {
 		return nil, fmt.Errorf("cgroup %s is already attached as %q", cg.Path, holder)
@@ -164,6 +164,11 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		return nil, err
 	}
 	undo.push(func() { s.records.Delete(recordKey(req.ID)) })
+	key := policyKey(a)
+	if err := s.put(s.index, &key, recordKey(req.ID)); err != nil {
+		return nil, err
+	}
+	undo.push(func() { s.index.Delete(&key) })
 	if err := s.syncServices(a, false); err != nil {
 		return nil, err
 	}
@@ -195,6 +200,9 @@ func (s *State) Detach(id string) error {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	if err := s.records.Delete(recordKey(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
+	if err := s.unindex(policyKey(a), id); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	return s.syncServices(a, true)
@@ -284,19 +292,6 @@ func (s *State) VerifyLinks(a *Attachment) error {
 
 func (s *State) linkDir(id string) string {
 	return filepath.Join(s.dir, "cgroups", id)
-}
-
-func (s *State) attachmentOfCgroup(id uint64) (string, error) {
-	list, err := s.Attachments()
-	if err != nil {
-		return "", err
-	}
-	for _, a := range list {
-		if a.CgroupID == id {
-			return a.ID, nil
-		}
-	}
-	return "", nil
 }
 
 // put inserts or replaces a map entry, turning a full map into an error

@@ -65,22 +65,25 @@ func (s *State) syncServices(a *Attachment, gone bool) error {
 			return fmt.Errorf("forget port registry of %s: %w", a.ID, err)
 		}
 	}
-	providers, err := s.Providers()
-	if err != nil {
-		return err
-	}
+	var decls []services.Declaration
 	if !gone {
-		decls, err := services.LoadDir(services.Dir())
-		if err != nil {
-			return fmt.Errorf("services.d: %w", err)
-		}
-		if err := m.Apply(decls, providers); err != nil {
+		if decls, err = services.LoadDir(services.Dir()); err != nil {
 			return fmt.Errorf("services.d: %w", err)
 		}
 	}
 	var names []string
 	for _, p := range a.Policy.Provides {
 		names = append(names, p.Service)
+	}
+	if len(decls) == 0 && len(names) == 0 {
+		return nil // nothing to recompute: skip reading every record
+	}
+	providers, err := s.Providers()
+	if err != nil {
+		return err
+	}
+	if err := m.Apply(decls, providers); err != nil {
+		return fmt.Errorf("services.d: %w", err)
 	}
 	return m.Sync(names, providers)
 }

@@ -7,6 +7,7 @@
 //
 //	progs/<name>          the loaded programs
 //	maps/<name>           the maps (policies, port mappings, records, ...)
+//	maps/attachment_keys  policy key (u64) -> attachment id, the index
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 package state
 
@@ -47,6 +48,7 @@ type State struct {
 	policies *ebpf.Map
 	portmaps *ebpf.Map
 	records  *ebpf.Map
+	index    *ebpf.Map
 	programs map[string]*ebpf.Program
 	spec     *ebpf.CollectionSpec
 }
@@ -97,6 +99,14 @@ func Load(dir string) (bool, error) {
 		if err := m.Pin(filepath.Join(tmp, "maps", name)); err != nil {
 			return false, fmt.Errorf("pin map %s: %w", name, err)
 		}
+	}
+	index, err := ebpf.NewMap(indexSpec(spec.Maps[bpfobj.PortcullisMapPolicies].MaxEntries))
+	if err != nil {
+		return false, fmt.Errorf("create attachment index: %w", err)
+	}
+	defer index.Close()
+	if err := index.Pin(filepath.Join(tmp, "maps", indexMapName)); err != nil {
+		return false, fmt.Errorf("pin map %s: %w", indexMapName, err)
 	}
 	for name, p := range coll.Programs {
 		if err := p.Pin(filepath.Join(tmp, "progs", name)); err != nil {
@@ -152,6 +162,7 @@ func (s *State) openObjects() error {
 		bpfobj.PortcullisMapPolicies:    &s.policies,
 		bpfobj.PortcullisMapPortmaps:    &s.portmaps,
 		bpfobj.PortcullisMapAttachments: &s.records,
+		indexMapName:                    &s.index,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
@@ -172,7 +183,7 @@ func (s *State) openObjects() error {
 
 // Close releases the objects and the lock.
 func (s *State) Close() {
-	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records} {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index} {
 		if m != nil {
 			m.Close()
 		}
