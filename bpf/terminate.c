@@ -43,6 +43,12 @@ struct term_target {
 	__u8 pad;
 };
 
+/* What to do with a matching socket: the value of a target. The programs
+ * are loaded once with the state and pinned, so a dry run is said per run
+ * in the map rather than by a constant fixed at load. */
+#define TERM_DESTROY 1
+#define TERM_LIST 2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -73,9 +79,6 @@ struct term_event {
 /* Keeps the type in BTF so bpf2go generates its Go mirror. */
 const struct term_event *unused_term_event __attribute__((unused));
 
-/* Set by the loader: only list what would be destroyed. */
-volatile const __u8 dry_run = 0;
-
 static __always_inline void address_of(struct sock_common *skc, bool peer, __u32 out[4])
 {
 	if (skc->skc_family == AF_INET) {
@@ -89,15 +92,20 @@ static __always_inline void address_of(struct sock_common *skc, bool peer, __u32
 		out[i] = peer ? skc->skc_v6_daddr.in6_u.u6_addr32[i] : skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
 }
 
-static __always_inline bool is_target(struct sock_common *skc, __u8 protocol)
+/* target_action returns what to do with the socket: TERM_DESTROY,
+ * TERM_LIST, or 0 when its peer is no target. */
+static __always_inline __u8 target_action(struct sock_common *skc, __u8 protocol)
 {
 	struct term_target key = {.protocol = protocol, .port = skc->skc_dport};
+	__u8 *action;
 
 	address_of(skc, true, key.addr);
-	if (bpf_map_lookup_elem(&targets, &key))
-		return true;
+	action = bpf_map_lookup_elem(&targets, &key);
+	if (action)
+		return *action;
 	key.port = 0;
-	return bpf_map_lookup_elem(&targets, &key) != NULL;
+	action = bpf_map_lookup_elem(&targets, &key);
+	return action ? *action : 0;
 }
 
 /* attached_cgroup returns the id of the socket's cgroup or of its deepest
@@ -132,8 +140,9 @@ static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_co
 				      struct sock *sk, __u8 protocol)
 {
 	struct term_event ev = {.kind = TERM_EVENT_SOCKET, .protocol = protocol};
+	__u8 action = target_action(skc, protocol);
 
-	if (!is_target(skc, protocol))
+	if (!action)
 		return;
 	ev.cgroup_id = attached_cgroup(sk);
 	if (!ev.cgroup_id)
@@ -144,7 +153,7 @@ static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_co
 	address_of(skc, false, ev.local);
 	ev.peer_port = bpf_ntohs(skc->skc_dport);
 	ev.local_port = skc->skc_num;
-	if (!dry_run)
+	if (action == TERM_DESTROY)
 		ev.result = bpf_sock_destroy(skc);
 	bpf_seq_write(meta->seq, &ev, sizeof(ev));
 }

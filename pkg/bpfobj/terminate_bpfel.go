@@ -59,7 +59,6 @@ const (
 	TerminateMapTargets         = "targets"
 	TerminateProgTerminateTcp   = "terminate_tcp"
 	TerminateProgTerminateUdp   = "terminate_udp"
-	TerminateVarDryRun          = "dry_run"
 	TerminateVarUnusedTermEvent = "unused_term_event"
 )
 
@@ -121,7 +120,6 @@ type TerminateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TerminateVariableSpecs struct {
-	DryRun          *ebpf.VariableSpec `ebpf:"dry_run"`
 	UnusedTermEvent *ebpf.VariableSpec `ebpf:"unused_term_event"`
 }
 
@@ -160,7 +158,6 @@ func (m *TerminateMaps) Close() error {
 //
 // It can be passed to LoadTerminateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TerminateVariables struct {
-	DryRun          *ebpf.Variable `ebpf:"dry_run"`
 	UnusedTermEvent *ebpf.Variable `ebpf:"unused_term_event"`
 }
 

@@ -9,6 +9,7 @@
 //	maps/<name>           the maps (policies, port mappings, records, ...)
 //	maps/attachment_keys  policy key (u64) -> attachment id, the index
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
+//	terminate/<name>      the termination iterators and their targets map
 package state
 
 import (
@@ -108,6 +109,9 @@ func Load(dir string) (bool, error) {
 	if err := index.Pin(filepath.Join(tmp, "maps", indexMapName)); err != nil {
 		return false, fmt.Errorf("pin map %s: %w", indexMapName, err)
 	}
+	// Termination is optional: a kernel without bpf_sock_destroy still
+	// gets a working state, and terminate says what is missing.
+	_ = pinTermination(filepath.Join(tmp, "terminate"), coll.Maps[bpfobj.PortcullisMapPolicies])
 	for name, p := range coll.Programs {
 		if err := p.Pin(filepath.Join(tmp, "progs", name)); err != nil {
 			return false, fmt.Errorf("pin program %s: %w", name, err)

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -134,7 +135,7 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 		netnsPaths = append(netnsPaths, a.NetNS)
 	}
 
-	prog, err := load(s.Dir(), targets, dryRun)
+	prog, err := load(s, targets, dryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -199,33 +200,58 @@ func namespaces(paths []string) []string {
 	return out
 }
 
-// programs are the loaded iterators, ready to run in any namespace.
+// programs are the pinned iterators (state.TerminationDir), locked for
+// one run and ready to run in any namespace.
 type programs struct {
-	coll   *ebpf.Collection
-	links  []*link.Iter
-	dryRun bool
+	lock    *os.File
+	targets *ebpf.Map
+	links   []*link.Iter
+	dryRun  bool
 }
 
-// load loads bpf/terminate.c with the targets, sharing the pinned policies
-// map so the programs know which cgroups are attached.
-func load(stateDir string, targets []Target, dryRun bool) (_ *programs, err error) {
-	spec, err := bpfobj.LoadTerminate()
-	if err != nil {
+// Actions of the targets map (bpf/terminate.c).
+const (
+	actionDestroy = 1
+	actionList    = 2
+)
+
+// load takes the pinned termination iterators for one run: it locks their
+// folder (the targets map is shared by every run) and fills targets.
+func load(s *state.State, targets []Target, dryRun bool) (_ *programs, err error) {
+	dir := s.TerminationDir()
+	lock, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w (the state was loaded without the termination programs)", ErrUnsupported)
+	} else if err != nil {
 		return nil, err
 	}
-	if dryRun {
-		if err := spec.Variables["dry_run"].Set(uint8(1)); err != nil {
-			return nil, err
+	p := &programs{lock: lock, dryRun: dryRun}
+	defer func() {
+		if err != nil {
+			p.close()
 		}
+	}()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
-	policies, err := ebpf.LoadPinnedMap(filepath.Join(stateDir, "maps", bpfobj.PortcullisMapPolicies), nil)
-	if err != nil {
-		return nil, fmt.Errorf("open pinned policies map: %w", err)
+	if p.targets, err = ebpf.LoadPinnedMap(filepath.Join(dir, bpfobj.TerminateMapTargets), nil); err != nil {
+		return nil, fmt.Errorf("open pinned targets map: %w", err)
 	}
-	defer policies.Close() // the collection holds its own reference
-
+	// A run that crashed may have left its targets.
+	if err := clearMap(p.targets); err != nil {
+		return nil, err
+	}
+	action := uint8(actionDestroy)
+	if dryRun {
+		action = actionList
+	}
 	protos := map[string]bool{}
 	for _, t := range targets {
+		for _, key := range t.keys() {
+			if err := p.targets.Put(&key, action); err != nil {
+				return nil, fmt.Errorf("targets map: %w", err)
+			}
+		}
 		if t.Protocol == "" || t.Protocol == "tcp" {
 			protos["tcp"] = true
 		}
@@ -233,43 +259,21 @@ func load(stateDir string, targets []Target, dryRun bool) (_ *programs, err erro
 			protos["udp"] = true
 		}
 	}
-	// Load only the iterators some target needs.
-	if !protos["tcp"] {
-		delete(spec.Programs, bpfobj.TerminateProgTerminateTcp)
-	}
-	if !protos["udp"] {
-		delete(spec.Programs, bpfobj.TerminateProgTerminateUdp)
-	}
-
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: map[string]*ebpf.Map{bpfobj.TerminateMapPolicies: policies},
-	})
-	if err != nil {
-		return nil, explainLoadError(err)
-	}
-	p := &programs{coll: coll, dryRun: dryRun}
-	defer func() {
-		if err != nil {
-			p.close()
-		}
-	}()
-	for _, t := range targets {
-		for _, key := range t.keys() {
-			if err := coll.Maps[bpfobj.TerminateMapTargets].Put(&key, uint8(1)); err != nil {
-				return nil, fmt.Errorf("targets map: %w", err)
-			}
-		}
-	}
+	// Run only the iterators some target needs.
 	for _, name := range []string{bpfobj.TerminateProgTerminateTcp, bpfobj.TerminateProgTerminateUdp} {
-		prog := coll.Programs[name]
-		if prog == nil {
+		if !protos[strings.TrimPrefix(name, "terminate_")] {
 			continue
 		}
-		l, err := link.AttachIter(link.IterOptions{Program: prog})
+		l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil)
 		if err != nil {
-			return nil, fmt.Errorf("attach iterator %s: %w", name, err)
+			return nil, fmt.Errorf("open pinned iterator %s: %w", name, err)
 		}
-		p.links = append(p.links, l)
+		it, ok := l.(*link.Iter)
+		if !ok {
+			l.Close()
+			return nil, fmt.Errorf("%s is not an iterator link", name)
+		}
+		p.links = append(p.links, it)
 	}
 	return p, nil
 }
@@ -278,19 +282,38 @@ func (p *programs) close() {
 	for _, l := range p.links {
 		l.Close()
 	}
-	p.coll.Close()
+	if p.targets != nil {
+		clearMap(p.targets)
+		p.targets.Close()
+	}
+	p.lock.Close() // drops the flock
+}
+
+// clearMap deletes every entry of the (small) targets map.
+func clearMap(m *ebpf.Map) error {
+	var (
+		key  bpfobj.TerminateTermTarget
+		keys []bpfobj.TerminateTermTarget
+		val  uint8
+	)
+	iter := m.Iterate()
+	for iter.Next(&key, &val) {
+		keys = append(keys, key)
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("targets map: %w", err)
+	}
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("targets map: %w", err)
+		}
+	}
+	return nil
 }
 
 // ErrUnsupported is wrapped when the kernel cannot run the termination
 // programs (bpf_sock_destroy is in kernels 6.5 and later).
 var ErrUnsupported = errors.New("the kernel cannot destroy sockets from BPF (needs the bpf_sock_destroy kfunc and tcp/udp iterators, kernel 6.5+; see portcullisctl doctor)")
-
-func explainLoadError(err error) error {
-	if errors.Is(err, ebpf.ErrNotSupported) || strings.Contains(err.Error(), "bpf_sock_destroy") {
-		return fmt.Errorf("%w: %v", ErrUnsupported, err)
-	}
-	return fmt.Errorf("load termination programs: %w", err)
-}
 
 // keys are the targets map entries for t.
 func (t Target) keys() []bpfobj.TerminateTermTarget {
