@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,16 +202,30 @@ func Run(t testing.TB, name string, args ...string) string {
 
 // Proc is a process a test started, with its stdout read line by line.
 type Proc struct {
-	Cmd    *exec.Cmd
-	stdout io.ReadCloser
-	lines  chan string
-	stderr *strings.Builder
-	done   chan struct{}
-	mu     sync.Mutex
+	Cmd *exec.Cmd
+
+	mu      sync.Mutex
+	lines   []string // stdout lines not yet taken by Line or Output
+	eof     bool     // stdout is read to its end
+	stderr  strings.Builder
+	changed chan struct{} // closed (and replaced) when lines or eof change
+	done    chan struct{} // closed once the process exited and its output is read
 }
+
+// exitGrace bounds how long the output of a process that exited is still
+// read: a descendant (a daemon it started) may hold its stdout open, so
+// EOF may never come. What the process itself wrote is already in the
+// pipe when it exits, and is read in far less.
+const exitGrace = 2 * time.Second
 
 // Start starts cmd inside the cgroup (CLONE_INTO_CGROUP, so it never runs
 // outside it). A zero cg starts it where the test runs. Cleanup kills it.
+//
+// Its stdout and stderr are pipes of the test's own, not os/exec's: Wait
+// closes the pipes it made as soon as the process exits, which loses the
+// last lines of a fast process if they were not read yet ("it is incorrect
+// to call Wait before all reads from the pipe have completed"). Here Wait
+// only reaps; the readers run to EOF on their own.
 func Start(t testing.TB, cg cgroup.Cgroup, cmd *exec.Cmd) *Proc {
 	t.Helper()
 	if cg.Path != "" {
@@ -223,55 +236,82 @@ func Start(t testing.TB, cg cgroup.Cgroup, cmd *exec.Cmd) *Proc {
 		defer dir.Close()
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
 	}
-	stdout, err := cmd.StdoutPipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proc{Cmd: cmd, lines: make(chan string, 1024), stderr: &strings.Builder{}, done: make(chan struct{})}
-	cmd.Stderr = &lockedWriter{w: p.stderr, mu: &p.mu}
-	if err := cmd.Start(); err != nil {
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	p := &Proc{Cmd: cmd, changed: make(chan struct{}), done: make(chan struct{})}
+	err = cmd.Start()
+	outW.Close() // the child holds its own copies
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
 		t.Fatalf("start %v: %v", cmd.Args, err)
 	}
-	p.stdout = stdout
-	// Wait closes the pipe as soon as the process exits, so it must only
-	// run once stdout has been read to EOF: otherwise a fast process's
-	// last lines are lost (os/exec: "it is incorrect to call Wait before
-	// all reads from the pipe have completed").
+	var readers sync.WaitGroup
+	readers.Add(2)
 	go func() {
-		scanner := bufio.NewScanner(stdout)
+		defer readers.Done()
+		scanner := bufio.NewScanner(outR)
+		scanner.Buffer(make([]byte, 64*1024), 1024*1024)
 		for scanner.Scan() {
-			p.lines <- scanner.Text()
+			p.update(func() { p.lines = append(p.lines, scanner.Text()) })
 		}
-		close(p.lines)
+		p.update(func() { p.eof = true })
+	}()
+	go func() {
+		defer readers.Done()
+		buf := make([]byte, 4096)
+		for {
+			n, err := errR.Read(buf)
+			p.update(func() { p.stderr.Write(buf[:n]) })
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
 		cmd.Wait()
+		deadline := time.Now().Add(exitGrace)
+		outR.SetReadDeadline(deadline)
+		errR.SetReadDeadline(deadline)
+		readers.Wait()
+		outR.Close()
+		errR.Close()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.Kill() })
+	t.Cleanup(p.Kill)
 	return p
 }
 
-// Kill stops the process and waits for it. A descendant that still holds
-// stdout open would keep the reader from EOF, so after a grace period the
-// pipe is closed from this side.
-func (p *Proc) Kill() {
-	if p.Cmd.Process != nil {
-		p.Cmd.Process.Kill()
-	}
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		p.stdout.Close()
-		<-p.done
-	}
+// update changes the process' output under its lock and wakes waiters.
+func (p *Proc) update(change func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	change()
+	close(p.changed)
+	p.changed = make(chan struct{})
 }
 
-// Wait waits for the process to exit.
+// Kill stops the process and waits for it and its output.
+func (p *Proc) Kill() {
+	p.Cmd.Process.Kill()
+	<-p.done
+}
+
+// Wait waits for the process to exit and its output to be read.
 func (p *Proc) Wait(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(timeout):
-		t.Fatalf("%v did not exit within %v", p.Cmd.Args, timeout)
+		t.Fatalf("%v did not exit within %v; stderr: %s", p.Cmd.Args, timeout, p.Stderr())
 	}
 }
 
@@ -285,46 +325,38 @@ func (p *Proc) Stderr() string {
 // Line returns the next stdout line, failing the test after timeout.
 func (p *Proc) Line(t testing.TB, timeout time.Duration) string {
 	t.Helper()
-	select {
-	case line, ok := <-p.lines:
-		if !ok {
+	deadline := time.After(timeout)
+	for {
+		p.mu.Lock()
+		if len(p.lines) > 0 {
+			line := p.lines[0]
+			p.lines = p.lines[1:]
+			p.mu.Unlock()
+			return line
+		}
+		eof, changed := p.eof, p.changed
+		p.mu.Unlock()
+		if eof {
 			t.Fatalf("%v exited without output; stderr: %s", p.Cmd.Args, p.Stderr())
 		}
-		return line
-	case <-time.After(timeout):
-		t.Fatalf("%v printed nothing within %v; stderr: %s", p.Cmd.Args, timeout, p.Stderr())
-	}
-	return ""
-}
-
-// Output returns stdout up to exit.
-func (p *Proc) Output(t testing.TB, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.After(timeout)
-	var lines []string
-	for {
 		select {
-		case line, ok := <-p.lines:
-			if !ok {
-				p.Wait(t, timeout)
-				return strings.Join(lines, "\n")
-			}
-			lines = append(lines, line)
+		case <-changed:
 		case <-deadline:
-			t.Fatalf("%v did not exit within %v", p.Cmd.Args, timeout)
+			t.Fatalf("%v printed nothing within %v; stderr: %s", p.Cmd.Args, timeout, p.Stderr())
 		}
 	}
 }
 
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
+// Output waits for the process to exit and returns the stdout lines that
+// Line has not taken.
+func (p *Proc) Output(t testing.TB, timeout time.Duration) string {
+	t.Helper()
+	p.Wait(t, timeout)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := strings.Join(p.lines, "\n")
+	p.lines = nil
+	return out
 }
 
 // ProbeResult is one JSON line of sockprobe.
