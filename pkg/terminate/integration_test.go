@@ -46,6 +46,10 @@ func newWorld(t *testing.T) *world {
 	subnet := fmt.Sprintf("10.213.%d", r[1])
 	w.a = netip.MustParseAddr(subnet + ".1")
 	w.b = netip.MustParseAddr(subnet + ".2")
+	// Guarded before the veth exists, so the guard outlasts it: a late
+	// segment to the subnet (a FIN retransmitted after the link is gone)
+	// is dropped here instead of following the default route.
+	testenv.Blackhole(t, subnet+".0/24")
 	host, peer := "pcth"+testenv.Suffix(), "pctc"+testenv.Suffix()
 	testenv.Run(t, "ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", w.ns.Name)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })

@@ -77,6 +77,7 @@ func TestRemovedProviderContainer(t *testing.T) {
 	w := newWorld(t)
 	t.Setenv("PORTCULLIS_SERVICES_DIR", t.TempDir())
 	frontend := fmt.Sprintf("10.96.%d.10:%d", w.port%200, w.port)
+	testenv.Blackhole(t, fmt.Sprintf("10.96.%d.10", w.port%200)) // host-network clients dial it
 	w.addService(t, frontend)
 	provides := func(addr string) string {
 		return fmt.Sprintf(`{"addresses": [%q], "provides": [{"service": "svc", "port": %d, "protocol": "tcp"},

@@ -126,6 +126,9 @@ func svcPercentile(d []time.Duration, p float64) float64 {
 // attached cgroup, with 10, 1,000 and 10,000 services and 100,000 backends
 // loaded. Blocks alternate so drift hits both sides.
 func BenchmarkServiceConnect(b *testing.B) {
+	// The frontend dialled from the host namespace; the other services'
+	// frontends (10.97/16) and backends (10.98/16) are only loaded.
+	testenv.Blackhole(b, "10.96.0.1")
 	ports := listeners(b, 10)
 	for _, n := range []int{10, 1_000, 10_000} {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
@@ -171,7 +174,10 @@ func BenchmarkServiceStream(b *testing.B) {
 			return
 		}
 		defer func() { srv.Process.Kill(); srv.Wait() }()
-		time.Sleep(300 * time.Millisecond)
+		if streamErr = waitListening(port, 10*time.Second); streamErr != nil {
+			return
+		}
+		testenv.Blackhole(b, "10.96.0.5")
 		dir := testenv.StateDir(b)
 		client := testenv.Cgroup(b, "bench-stream")
 		s, err := state.OpenOrLoad(dir)
@@ -212,4 +218,18 @@ func BenchmarkServiceStream(b *testing.B) {
 	b.ReportMetric(streamResults[0], "Gbit/s-direct")
 	b.ReportMetric(streamResults[1], "Gbit/s-frontend")
 	b.ReportMetric(streamResults[1]/streamResults[0], "ratio")
+}
+
+// waitListening waits until a TCP socket listens on 127.0.0.1:port, as ss
+// shows it (a probing connect would be taken by iperf3 for a client).
+func waitListening(port int, timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(20 * time.Millisecond) {
+		out, err := exec.Command("ss", "-Hltn", fmt.Sprintf("src 127.0.0.1:%d", port)).Output()
+		if err == nil && len(out) > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on 127.0.0.1:%d after %v: %v", port, timeout, err)
+		}
+	}
 }
