@@ -23,6 +23,9 @@ func TestRuncStopTerminatesClients(t *testing.T) {
 	subnet := fmt.Sprintf("10.214.%d", rand.IntN(256))
 	backendAddr := subnet + ".2"
 	port := "24611"
+	// Guarded for the test's duration (and after the veth is deleted at
+	// cleanup): a segment for the subnet never follows the default route.
+	testenv.Blackhole(t, subnet+".0/24")
 	host, peer := "pcth"+testenv.Suffix(), "pctc"+testenv.Suffix()
 	testenv.Run(t, "ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ns.Name)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
@@ -74,8 +77,12 @@ func TestRuncStopTerminatesClients(t *testing.T) {
 		}
 	}
 
-	// The backend's node goes away: the link first, then the container.
-	testenv.Run(t, "ip", "link", "set", host, "down")
+	// The backend's node goes away: its end of the link first, then the
+	// container. The host keeps its route to the veth (marked linkdown),
+	// so what the clients still send is dropped at the veth, on this host.
+	// (Taking the host's end down would remove that route, and the UDP
+	// client's datagrams would follow the default route instead.)
+	ns.IP(t, "link", "set", peer, "down")
 	if out, err := e.runc("kill", backend.id, "KILL"); err != nil {
 		t.Fatalf("runc kill: %v\n%s", err, out)
 	}
