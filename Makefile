@@ -6,7 +6,7 @@ BIN := bin
 # The programs: portcullisctl, the CNI plugin and the OCI hook.
 COMMANDS := ./cmd/... $(if $(wildcard plugins/*),./plugins/...) $(if $(wildcard hooks/*),./hooks/...)
 
-.PHONY: all deps build generate check-generated lint unit-test test bench demo install clean
+.PHONY: all deps build generate check-generated lint unit-test test test-stress bench demo install clean
 
 all: build
 
@@ -34,9 +34,22 @@ unit-test:
 	$(GO) test ./pkg/policy/... ./pkg/cgroup/...
 
 # All tests: unit, integration (real programs in real cgroups/netns) and
-# end-to-end (real runtimes). Needs root.
+# end-to-end (real runtimes). Needs root. CI runs each test twice
+# (TEST_COUNT=2) and then test-stress, so a flaky test shows before it
+# lands; TEST_PKGS narrows both to some packages.
+TEST_PKGS ?= ./...
+TEST_COUNT ?= 1
+TEST_TIMEOUT ?= 25m
 test: deps lint build
-	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	$(GO) test -count=$(TEST_COUNT) -p 1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
+
+# The tests once more while stress-ng keeps STRESS_CPUS CPUs busy (stopped
+# when they end, at the latest after STRESS_TIMEOUT).
+STRESS_CPUS ?= 2
+STRESS_TIMEOUT ?= 20m
+test-stress: deps build
+	./scripts/with-cpu-stress.sh $(STRESS_CPUS) $(STRESS_TIMEOUT) \
+		$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./test/bench/...
