@@ -47,9 +47,17 @@ type Provide struct {
 	Protocol Protocol `json:"protocol,omitempty"`
 }
 
-// validServiceName matches the names pkg/services accepts: they key a
-// kernel map of 64 bytes.
-var validServiceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+// serviceNameChars are the characters of a service name after its first.
+// The length is checked apart: a {0,62} repetition compiles into 62 copies,
+// which every short-lived CNI and hook process paid at start.
+var serviceNameChars = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// IsServiceName tells whether name is a service name pkg/services accepts:
+// 1-63 letters, digits, _ . - starting with a letter or digit (names key a
+// kernel map of 64 bytes).
+func IsServiceName(name string) bool {
+	return len(name) <= 63 && serviceNameChars.MatchString(name)
+}
 
 // PortRange is an inclusive range of ports, written "9090" or "18000-18010"
 // (a JSON number is accepted for a single port).
@@ -257,7 +265,7 @@ func (p *Policy) Validate() error {
 	for i := range p.Provides {
 		pr := &p.Provides[i]
 		field := fmt.Sprintf("provides[%d]", i)
-		if !validServiceName.MatchString(pr.Service) {
+		if !IsServiceName(pr.Service) {
 			return fmt.Errorf("%s.service: %q must be 1-63 letters, digits, _ . - (starting with a letter or digit)", field, pr.Service)
 		}
 		if pr.Port == 0 {

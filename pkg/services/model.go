@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"github.com/portcullis-net/portcullis/pkg/policy"
@@ -72,11 +71,9 @@ func (e *Endpoint) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
 // ValidateName checks a service name: it keys a 64-byte kernel map entry.
 func ValidateName(name string) error {
-	if !validName.MatchString(name) {
+	if !policy.IsServiceName(name) {
 		return fmt.Errorf("service name %q: must be 1-63 letters, digits, _ . - (starting with a letter or digit)", name)
 	}
 	return nil

@@ -140,12 +140,22 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		return nil, err
 	}
 	undo.push(func() { detachLinks(tmp) })
-	for _, name := range s.cgroupProgramNames() {
+	progs, err := s.cgroupPrograms()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range progs {
+		name := p.name
+		prog, err := s.loadProgram(name)
+		if err != nil {
+			return nil, err
+		}
 		l, err := link.AttachCgroup(link.CgroupOptions{
 			Path:    cg.Path,
-			Attach:  s.spec.Programs[name].AttachType,
-			Program: s.programs[name],
+			Attach:  p.attach,
+			Program: prog,
 		})
+		prog.Close()
 		if err != nil {
 			return nil, fmt.Errorf("attach %s to %s: %w", name, cg.Path, err)
 		}
@@ -250,19 +260,6 @@ func (s *State) LinkPaths(id string) ([]string, error) {
 	return filepath.Glob(filepath.Join(s.linkDir(id), "*"))
 }
 
-// CgroupProgramNames lists the programs attached to every cgroup.
-func (s *State) cgroupProgramNames() []string {
-	var names []string
-	for name, spec := range s.spec.Programs {
-		switch spec.Type {
-		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt:
-			names = append(names, name)
-		}
-	}
-	sort.Strings(names)
-	return names
-}
-
 // VerifyLinks checks that an attachment has one live link per cgroup
 // program, each attached to the recorded cgroup.
 func (s *State) VerifyLinks(a *Attachment) error {
@@ -271,7 +268,11 @@ func (s *State) VerifyLinks(a *Attachment) error {
 	if !a.Cgroup().Exists() {
 		return fmt.Errorf("attachment %s: cgroup %s no longer exists", a.ID, a.CgroupPath)
 	}
-	for _, name := range s.cgroupProgramNames() {
+	names, err := s.cgroupProgramNames()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
 		path := filepath.Join(s.linkDir(a.ID), name)
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {

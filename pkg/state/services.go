@@ -29,6 +29,9 @@ func (s *State) Providers() ([]services.Provider, error) {
 // ApplyServices puts service declarations (from the CNI conf or
 // services.d); applying the same declarations again changes nothing.
 func (s *State) ApplyServices(decls []services.Declaration) error {
+	if len(decls) == 0 {
+		return nil // every CNI ADD calls this; skip reading every record
+	}
 	return s.WithServices(func(m *services.Maps, providers []services.Provider) error {
 		return m.Apply(decls, providers)
 	})

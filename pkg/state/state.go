@@ -8,6 +8,7 @@
 //	progs/<name>          the loaded programs
 //	maps/<name>           the maps (policies, port mappings, records, ...)
 //	maps/attachment_keys  policy key (u64) -> attachment id, the index
+//	maps/cgroup_programs  name -> attach type of the programs each cgroup gets
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 //	terminate/<name>      the termination iterators and their targets map
 package state
@@ -50,8 +51,8 @@ type State struct {
 	portmaps *ebpf.Map
 	records  *ebpf.Map
 	index    *ebpf.Map
-	programs map[string]*ebpf.Program
-	spec     *ebpf.CollectionSpec
+	// programTable lists the cgroup programs (programs.go).
+	programTable *ebpf.Map
 }
 
 // Dir is the state directory.
@@ -109,6 +110,17 @@ func Load(dir string) (bool, error) {
 	if err := index.Pin(filepath.Join(tmp, "maps", indexMapName)); err != nil {
 		return false, fmt.Errorf("pin map %s: %w", indexMapName, err)
 	}
+	table, err := ebpf.NewMap(programsSpec())
+	if err != nil {
+		return false, fmt.Errorf("create program table: %w", err)
+	}
+	defer table.Close()
+	if err := writePrograms(table, spec); err != nil {
+		return false, err
+	}
+	if err := table.Pin(filepath.Join(tmp, "maps", programsMapName)); err != nil {
+		return false, fmt.Errorf("pin map %s: %w", programsMapName, err)
+	}
 	// Termination is optional: a kernel without bpf_sock_destroy still
 	// gets a working state, and terminate says what is missing.
 	_ = pinTermination(filepath.Join(tmp, "terminate"), coll.Maps[bpfobj.PortcullisMapPolicies])
@@ -140,7 +152,7 @@ func Open(dir string, exclusive bool) (*State, error) {
 		lock.Close()
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
-	s := &State{dir: dir, lock: lock, programs: map[string]*ebpf.Program{}}
+	s := &State{dir: dir, lock: lock}
 	if err := s.openObjects(); err != nil {
 		s.Close()
 		return nil, err
@@ -158,15 +170,12 @@ func OpenOrLoad(dir string) (*State, error) {
 }
 
 func (s *State) openObjects() error {
-	var err error
-	if s.spec, err = bpfobj.LoadPortcullis(); err != nil {
-		return err
-	}
 	maps := map[string]**ebpf.Map{
 		bpfobj.PortcullisMapPolicies:    &s.policies,
 		bpfobj.PortcullisMapPortmaps:    &s.portmaps,
 		bpfobj.PortcullisMapAttachments: &s.records,
 		indexMapName:                    &s.index,
+		programsMapName:                 &s.programTable,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
@@ -175,25 +184,15 @@ func (s *State) openObjects() error {
 		}
 		*dst = m
 	}
-	for name := range s.spec.Programs {
-		p, err := ebpf.LoadPinnedProgram(filepath.Join(s.dir, "progs", name), nil)
-		if err != nil {
-			return fmt.Errorf("open pinned program %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
-		}
-		s.programs[name] = p
-	}
 	return nil
 }
 
 // Close releases the objects and the lock.
 func (s *State) Close() {
-	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index} {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.programTable} {
 		if m != nil {
 			m.Close()
 		}
-	}
-	for _, p := range s.programs {
-		p.Close()
 	}
 	if s.lock != nil {
 		s.lock.Close() // drops the flock

@@ -1,0 +1,101 @@
+package state
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"path/filepath"
+	"sort"
+
+	"github.com/cilium/ebpf"
+)
+
+// The program table (maps/cgroup_programs) names the programs every
+// attachment attaches to its cgroup, with their attach types. Load writes
+// it from the collection spec, so that opening the state, which every CNI
+// and hook call does, needs no parsing of the BPF object (1.6 ms a time).
+// Only userspace reads it.
+const programsMapName = "cgroup_programs"
+
+// programRow is one slot of the table (an array: its empty slots are not
+// entries a leftover check could mistake for a container's).
+type programRow struct {
+	Name   [64]byte
+	Attach uint32
+}
+
+func programsSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       programsMapName,
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  uint32(binary.Size(programRow{})),
+		MaxEntries: 64,
+	}
+}
+
+// writePrograms fills the program table with spec's cgroup programs.
+func writePrograms(m *ebpf.Map, spec *ebpf.CollectionSpec) error {
+	var slot uint32
+	for name, p := range spec.Programs {
+		switch p.Type {
+		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt:
+		default:
+			continue
+		}
+		row := programRow{Attach: uint32(p.AttachType)}
+		if len(name) >= len(row.Name) || slot >= m.MaxEntries() {
+			return fmt.Errorf("program %s does not fit the program table", name)
+		}
+		copy(row.Name[:], name)
+		if err := m.Put(&slot, &row); err != nil {
+			return fmt.Errorf("program table: %w", err)
+		}
+		slot++
+	}
+	return nil
+}
+
+// cgroupProgram is one row of the program table.
+type cgroupProgram struct {
+	name   string
+	attach ebpf.AttachType
+}
+
+// cgroupPrograms lists the program table, sorted by name.
+func (s *State) cgroupPrograms() ([]cgroupProgram, error) {
+	var (
+		slot uint32
+		row  programRow
+		list []cgroupProgram
+	)
+	iter := s.programTable.Iterate()
+	for iter.Next(&slot, &row) {
+		if name := string(bytes.TrimRight(row.Name[:], "\x00")); name != "" {
+			list = append(list, cgroupProgram{name, ebpf.AttachType(row.Attach)})
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("program table: %w", err)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].name < list[j].name })
+	return list, nil
+}
+
+// cgroupProgramNames lists the programs attached to every cgroup.
+func (s *State) cgroupProgramNames() ([]string, error) {
+	list, err := s.cgroupPrograms()
+	var names []string
+	for _, p := range list {
+		names = append(names, p.name)
+	}
+	return names, err
+}
+
+func (s *State) loadProgram(name string) (*ebpf.Program, error) {
+	p, err := ebpf.LoadPinnedProgram(filepath.Join(s.dir, "progs", name), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned program %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
+	}
+	return p, nil
+}
