@@ -10,9 +10,13 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Hash maps here and in services.h are not preallocated: an entry costs
+ * memory only while it exists, and max_entries (set at load, see
+ * docs/scale.md) is only a cap. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct policy);
 } policies SEC(".maps");
@@ -20,6 +24,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct portmap_key);
 	__type(value, __u16);
 } portmaps SEC(".maps");

@@ -26,7 +26,9 @@
 #define SVC_MAX_FRONTENDS 65536
 #define SVC_MAX_BACKENDS 131072
 #define SVC_MAX_REGISTRY 131072
-#define SVC_MAX_PEERS 262144
+/* LRU maps cannot skip preallocation: 131072 of each cost 29 MiB (see
+ * docs/scale.md; portcullisctl load --max-peers sizes them). */
+#define SVC_MAX_PEERS 131072
 
 /* Random picks tried before scanning the slots for a live backend. */
 #define SVC_PROBES 4
@@ -127,6 +129,7 @@ struct svc_name {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SVC_MAX_FRONTENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct frontend_key);
 	__type(value, struct frontend);
 } svc_frontends SEC(".maps");
@@ -143,6 +146,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SVC_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_key);
 	__type(value, struct backend);
 } svc_backends SEC(".maps");
@@ -159,6 +163,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SVC_MAX_REGISTRY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct registration);
 } svc_registry SEC(".maps");
@@ -166,6 +171,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SVC_MAX_REGISTRY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct listener_key);
 	__type(value, struct listener);
 } svc_listeners SEC(".maps");

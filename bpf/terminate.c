@@ -31,6 +31,7 @@ extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct policy);
 } policies SEC(".maps");

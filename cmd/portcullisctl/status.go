@@ -16,6 +16,9 @@ type statusReport struct {
 	StateDir    string             `json:"stateDir"`
 	Loaded      bool               `json:"loaded"`
 	Attachments []state.Attachment `json:"attachments"`
+	// Maps is what each pinned map costs; MapMemory is their sum.
+	Maps      []state.MapUsage `json:"maps,omitempty"`
+	MapMemory uint64           `json:"mapMemoryBytes,omitempty"`
 }
 
 var attachmentHeader = []string{"ID", "CGROUP", "ADDRESSES", "ALLOWED PORTS", "PORT MAPPINGS", "OWNER", "ATTACHED"}
@@ -42,9 +45,9 @@ func init() { register(newStatusCommand) }
 
 func newStatusCommand(opts *options) *cobra.Command {
 	return &cobra.Command{
-		Use:   "status",
-		Short: "Show whether portcullis is loaded and every attachment",
-		Args:  cobra.NoArgs,
+		Use:   "status [ID]",
+		Short: "Show whether portcullis is loaded, its map memory, and every attachment (or one)",
+		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			report := statusReport{StateDir: opts.stateDir, Attachments: []state.Attachment{}}
 			s, err := state.Open(opts.stateDir, false)
@@ -55,8 +58,20 @@ func newStatusCommand(opts *options) *cobra.Command {
 			default:
 				defer s.Close()
 				report.Loaded = true
-				if report.Attachments, err = s.Attachments(); err != nil {
+				if len(args) == 1 {
+					a, err := s.Get(args[0])
+					if err != nil {
+						return err
+					}
+					report.Attachments = []state.Attachment{*a}
+				} else if report.Attachments, err = s.Attachments(); err != nil {
 					return err
+				}
+				if report.Maps, err = s.MapMemory(); err != nil {
+					return err
+				}
+				for _, m := range report.Maps {
+					report.MapMemory += m.Memlock
 				}
 			}
 			if opts.output == "json" {
@@ -67,7 +82,10 @@ func newStatusCommand(opts *options) *cobra.Command {
 				fmt.Fprintf(out, "not loaded (%s)\n", report.StateDir)
 				return nil
 			}
-			fmt.Fprintf(out, "loaded in %s, %d attachments\n\n", report.StateDir, len(report.Attachments))
+			if len(args) == 0 {
+				fmt.Fprintf(out, "loaded in %s, %d attachments, map memory %.1f MiB (-o json: per map)\n\n",
+					report.StateDir, len(report.Attachments), float64(report.MapMemory)/(1<<20))
+			}
 			var rows [][]string
 			for i := range report.Attachments {
 				rows = append(rows, attachmentRow(&report.Attachments[i]))

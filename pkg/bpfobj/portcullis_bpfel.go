@@ -97,7 +97,7 @@ type PortcullisPortmapKey struct {
 type PortcullisRecord struct {
 	_    structs.HostLayout
 	Len  uint32
-	Data [16384]uint8
+	Data [4092]uint8
 }
 
 type PortcullisRegistration struct {

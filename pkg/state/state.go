@@ -62,6 +62,15 @@ func (s *State) Dir() string { return s.dir }
 // state in a temporary directory and renames it into place, so a crash
 // leaves either nothing or a complete state. It reports whether it loaded.
 func Load(dir string) (bool, error) {
+	return LoadSized(dir, Sizes{})
+}
+
+// LoadSized is Load with the maps sized by sizes. An existing state keeps
+// its sizes.
+func LoadSized(dir string, sizes Sizes) (bool, error) {
+	if err := sizes.Validate(); err != nil {
+		return false, err
+	}
 	parent := filepath.Dir(dir)
 	if err := ensureBPFFS(parent); err != nil {
 		return false, err
@@ -79,6 +88,9 @@ func Load(dir string) (bool, error) {
 
 	spec, err := bpfobj.LoadPortcullis()
 	if err != nil {
+		return false, err
+	}
+	if err := sizes.apply(spec); err != nil {
 		return false, err
 	}
 	coll, err := ebpf.NewCollection(spec)
