@@ -117,6 +117,13 @@ func BenchmarkCNI(b *testing.B) {
 					times[name+"/"+verb] = append(times[name+"/"+verb], d)
 				}
 			}
+			// The floor: the same binary answering VERSION, which
+			// starts the process and reads no state.
+			d, err := invoke("portcullis", "VERSION")
+			if err != nil {
+				return err
+			}
+			times["noop"] = append(times["noop"], d)
 		}
 		return nil
 	})
@@ -147,5 +154,6 @@ func BenchmarkCNI(b *testing.B) {
 		}
 		b.ReportMetric(float64(percentile(times["portcullis/"+verb], 50))/float64(percentile(times["portmap/"+verb], 50)), "ratio-p50-"+verb)
 	}
+	b.ReportMetric(ms(percentile(times["noop"], 50)), "ms/p50-portcullis-VERSION")
 	b.ReportMetric(float64(runs), "runs")
 }

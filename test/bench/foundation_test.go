@@ -40,6 +40,11 @@ func attachedAndPlain(b *testing.B) (attached, plain cgroup.Cgroup) {
 // hits both sides, and reports both latencies and their ratio.
 func compare(b *testing.B, name string, op func(b *testing.B)) {
 	attached, plain := attachedAndPlain(b)
+	compareIn(b, name, attached, plain, op)
+}
+
+// compareIn is compare in cgroups the caller made.
+func compareIn(b *testing.B, name string, attached, plain cgroup.Cgroup, op func(b *testing.B)) {
 	var with, without time.Duration
 	const block = 100
 	b.ResetTimer()
@@ -67,26 +72,35 @@ func compare(b *testing.B, name string, op func(b *testing.B)) {
 // BenchmarkBind: socket + bind(0.0.0.0:0) + close. With portcullis the
 // bind is rewritten to the pinned address.
 func BenchmarkBind(b *testing.B) {
-	compare(b, "bind", func(b *testing.B) {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrInet4{}); err != nil {
-			b.Fatal(err)
-		}
-		unix.Close(fd)
-	})
+	compare(b, "bind", bindAny)
+}
+
+// bindAny is socket + bind(0.0.0.0:0) + close.
+func bindAny(b *testing.B) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{}); err != nil {
+		b.Fatal(err)
+	}
+	unix.Close(fd)
 }
 
 // BenchmarkConnect: a TCP connect to a listener on 127.0.0.1 and close.
 // With portcullis the socket is first bound to the pinned address.
 func BenchmarkConnect(b *testing.B) {
+	compare(b, "connect", connectLoopback(b))
+}
+
+// connectLoopback starts a listener on 127.0.0.1 and returns an op that
+// connects to it and closes.
+func connectLoopback(b *testing.B) func(b *testing.B) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
+	b.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -97,7 +111,7 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
-	compare(b, "connect", func(b *testing.B) {
+	return func(b *testing.B) {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			b.Fatal(err)
@@ -108,5 +122,5 @@ func BenchmarkConnect(b *testing.B) {
 			b.Fatal(err)
 		}
 		unix.Close(fd)
-	})
+	}
 }
