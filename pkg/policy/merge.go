@@ -18,8 +18,9 @@ type Layer struct {
 // plugin combines the network-wide policy, a named per-container policy and
 // what the runtime and the main plugin report:
 //
-//   - addresses and allowedPorts: the last layer that sets them wins, so a
-//     named policy can narrow the network's ports;
+//   - addresses, allowedPorts, connectionLimits, groups, egress and
+//     egressDefault: the last layer that sets them wins, so a named policy
+//     can narrow the network's ports or replace its egress rules;
 //   - portMappings accumulate; the same mapping given twice is kept once,
 //     and two different mappings of one containerPort (or onto one
 //     hostPort) are an error naming both sources.
@@ -47,6 +48,7 @@ func Merge(layers ...Layer) (*Policy, error) {
 		if len(l.Policy.AllowedPorts) > 0 {
 			out.AllowedPorts = slices.Clone(l.Policy.AllowedPorts)
 		}
+		mergeEgress(&out, l.Policy)
 		for _, m := range l.Policy.PortMappings {
 			m.Protocol = Protocol(strings.ToLower(string(m.Protocol)))
 			if m.Protocol == "" {

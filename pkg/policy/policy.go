@@ -37,6 +37,16 @@ type Policy struct {
 	// Provides makes the container a backend of services: it is picked
 	// for a service once it listens on the port (see docs/services.md).
 	Provides []Provide `json:"provides,omitempty"`
+	// ConnectionLimits caps live outgoing connections (docs/connection-limits.md).
+	ConnectionLimits *ConnectionLimits `json:"connectionLimits,omitempty"`
+	// Groups label the container; egress rules of others match its
+	// addresses by group (docs/egress.md).
+	Groups []string `json:"groups,omitempty"`
+	// Egress rules are evaluated at connect and sendmsg, first match wins;
+	// EgressDefault ("allow", the default, or "deny") applies when none
+	// matches.
+	Egress        []EgressRule `json:"egress,omitempty"`
+	EgressDefault string       `json:"egressDefault,omitempty"`
 }
 
 // Provide says the container serves a service on one of its ports (the
@@ -112,6 +122,7 @@ type document struct {
 	plain
 	Addresses    []string          `json:"addresses,omitempty"`
 	AllowedPorts []json.RawMessage `json:"allowedPorts,omitempty"`
+	Egress       []json.RawMessage `json:"egress,omitempty"`
 }
 
 // UnmarshalJSON decodes strictly (unknown fields are errors wherever the
@@ -138,6 +149,13 @@ func (p *Policy) UnmarshalJSON(data []byte) error {
 			return fmt.Errorf("allowedPorts[%d]: %w", i, err)
 		}
 		parsed.AllowedPorts = append(parsed.AllowedPorts, r)
+	}
+	for i, raw := range doc.Egress {
+		r, err := parseEgressRule(raw, fmt.Sprintf("egress[%d]", i))
+		if err != nil {
+			return err
+		}
+		parsed.Egress = append(parsed.Egress, r)
 	}
 	if err := parsed.Validate(); err != nil {
 		return err
@@ -283,7 +301,7 @@ func (p *Policy) Validate() error {
 		}
 		provided[*pr] = true
 	}
-	return nil
+	return p.validateEgress()
 }
 
 func (p *Policy) hasAddress(a netip.Addr) bool {
