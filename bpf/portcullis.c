@@ -91,6 +91,8 @@ static __always_inline bool equal6(const __u32 a[4], const __u32 b[4])
 }
 
 #include "services.h"
+#include "egress.h"
+#include "limits.h"
 
 static __always_inline __u16 portmap_lookup(__u64 cgroup_id, __u16 port, __u8 protocol,
 					    __u8 direction)
@@ -285,6 +287,10 @@ int connect4(struct bpf_sock_addr *ctx)
 	/* Services first: the source is pinned for the real destination. */
 	if (service_connect4(ctx, false) == SYSCALL_DENY)
 		return SYSCALL_DENY;
+	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	if (limits_connect(ctx, cgroup_id, false) == SYSCALL_DENY)
+		return SYSCALL_DENY;
 	if (p->flags & POLICY_HAS_ADDR4)
 		pin_source4(ctx, p, ctx->user_ip4);
 	return SYSCALL_ALLOW;
@@ -300,6 +306,10 @@ int connect6(struct bpf_sock_addr *ctx)
 	if (!p)
 		return SYSCALL_ALLOW;
 	if (service_connect6(ctx, false) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	if (limits_connect(ctx, cgroup_id, true) == SYSCALL_DENY)
 		return SYSCALL_DENY;
 	dst[0] = ctx->user_ip6[0];
 	dst[1] = ctx->user_ip6[1];
@@ -322,6 +332,8 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 		return SYSCALL_ALLOW;
 	if (service_connect4(ctx, true) == SYSCALL_DENY)
 		return SYSCALL_DENY;
+	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY)
+		return SYSCALL_DENY;
 	if (!(p->flags & POLICY_HAS_ADDR4) || !sk)
 		return SYSCALL_ALLOW;
 	if (ctx->msg_src_ip4 != 0 || sk->src_ip4 != 0)
@@ -343,6 +355,8 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	if (!p)
 		return SYSCALL_ALLOW;
 	if (service_connect6(ctx, true) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY)
 		return SYSCALL_DENY;
 	if (!(p->flags & POLICY_HAS_ADDR6) || !sk)
 		return SYSCALL_ALLOW;

@@ -34,6 +34,59 @@ type PortcullisBackendKey struct {
 	Index     uint32
 }
 
+type PortcullisConnKey struct {
+	_        structs.HostLayout
+	Owner    uint64
+	Addr     [4]uint32
+	Port     uint16
+	Protocol uint8
+	Pad      [5]uint8
+}
+
+type PortcullisConnLimits struct {
+	_              structs.HostLayout
+	PerDestination uint32
+	Total          uint32
+	Generation     uint64
+}
+
+type PortcullisConnSlot struct {
+	_          structs.HostLayout
+	Key        PortcullisConnKey
+	Generation uint64
+	Counted    uint32
+	Pad        uint32
+}
+
+type PortcullisEgressAddr struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
+type PortcullisEgressKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Owner     [2]uint32
+	Addr      [4]uint32
+}
+
+type PortcullisEgressMatch struct {
+	_     structs.HostLayout
+	Nr    uint32
+	Pad   uint32
+	Rules [16]PortcullisEgressRule
+}
+
+type PortcullisEgressRule struct {
+	_        structs.HostLayout
+	Groups   uint64
+	Action   uint8
+	Protocol uint8
+	NrPorts  uint8
+	Pad      [5]uint8
+	Ports    [8]PortcullisPortRange
+}
+
 type PortcullisFrontend struct {
 	_         structs.HostLayout
 	ServiceId uint32
@@ -45,6 +98,17 @@ type PortcullisFrontendKey struct {
 	Port     uint16
 	Protocol uint8
 	Pad      uint8
+}
+
+type PortcullisGroupBit struct {
+	_    structs.HostLayout
+	Bit  uint32
+	Refs uint32
+}
+
+type PortcullisGroupName struct {
+	_    structs.HostLayout
+	Name [64]int8
 }
 
 type PortcullisListener struct {
@@ -63,6 +127,12 @@ type PortcullisListenerKey struct {
 	Pad      uint32
 }
 
+type PortcullisMemberKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Bit  uint32
+}
+
 type PortcullisPeer struct {
 	_            structs.HostLayout
 	Frontend     [4]uint32
@@ -78,11 +148,13 @@ type PortcullisPolicy struct {
 	Addr4    uint32
 	Addr6    [4]uint32
 	NrRanges uint32
-	Ranges   [16]struct {
-		_     structs.HostLayout
-		First uint16
-		Last  uint16
-	}
+	Ranges   [16]PortcullisPortRange
+}
+
+type PortcullisPortRange struct {
+	_     structs.HostLayout
+	First uint16
+	Last  uint16
 }
 
 type PortcullisPortmapKey struct {
@@ -136,33 +208,42 @@ type PortcullisUdpPeerKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	PortcullisMapAttachments   = "attachments"
-	PortcullisMapPolicies      = "policies"
-	PortcullisMapPortmaps      = "portmaps"
-	PortcullisMapSvcBackends   = "svc_backends"
-	PortcullisMapSvcCounts     = "svc_counts"
-	PortcullisMapSvcDrops      = "svc_drops"
-	PortcullisMapSvcFrontends  = "svc_frontends"
-	PortcullisMapSvcListeners  = "svc_listeners"
-	PortcullisMapSvcNames      = "svc_names"
-	PortcullisMapSvcPeers      = "svc_peers"
-	PortcullisMapSvcRegistry   = "svc_registry"
-	PortcullisMapSvcUdpPeers   = "svc_udp_peers"
-	PortcullisProgBind4        = "bind4"
-	PortcullisProgBind6        = "bind6"
-	PortcullisProgConnect4     = "connect4"
-	PortcullisProgConnect6     = "connect6"
-	PortcullisProgGetpeername4 = "getpeername4"
-	PortcullisProgGetpeername6 = "getpeername6"
-	PortcullisProgGetsockname4 = "getsockname4"
-	PortcullisProgGetsockname6 = "getsockname6"
-	PortcullisProgPostBind4    = "post_bind4"
-	PortcullisProgPostBind6    = "post_bind6"
-	PortcullisProgRecvmsg4     = "recvmsg4"
-	PortcullisProgRecvmsg6     = "recvmsg6"
-	PortcullisProgSendmsg4     = "sendmsg4"
-	PortcullisProgSendmsg6     = "sendmsg6"
-	PortcullisProgSockRelease  = "sock_release"
+	PortcullisMapAttachments        = "attachments"
+	PortcullisMapConnCounts         = "conn_counts"
+	PortcullisMapConnSlots          = "conn_slots"
+	PortcullisMapEgressRules        = "egress_rules"
+	PortcullisMapGroupBits          = "group_bits"
+	PortcullisMapGroupMembers       = "group_members"
+	PortcullisMapGroupRefs          = "group_refs"
+	PortcullisMapLimits             = "limits"
+	PortcullisMapPolicies           = "policies"
+	PortcullisMapPortmaps           = "portmaps"
+	PortcullisMapSvcBackends        = "svc_backends"
+	PortcullisMapSvcCounts          = "svc_counts"
+	PortcullisMapSvcDrops           = "svc_drops"
+	PortcullisMapSvcFrontends       = "svc_frontends"
+	PortcullisMapSvcListeners       = "svc_listeners"
+	PortcullisMapSvcNames           = "svc_names"
+	PortcullisMapSvcPeers           = "svc_peers"
+	PortcullisMapSvcRegistry        = "svc_registry"
+	PortcullisMapSvcUdpPeers        = "svc_udp_peers"
+	PortcullisProgBind4             = "bind4"
+	PortcullisProgBind6             = "bind6"
+	PortcullisProgConnect4          = "connect4"
+	PortcullisProgConnect6          = "connect6"
+	PortcullisProgGetpeername4      = "getpeername4"
+	PortcullisProgGetpeername6      = "getpeername6"
+	PortcullisProgGetsockname4      = "getsockname4"
+	PortcullisProgGetsockname6      = "getsockname6"
+	PortcullisProgLimitsSockRelease = "limits_sock_release"
+	PortcullisProgLimitsSockops     = "limits_sockops"
+	PortcullisProgPostBind4         = "post_bind4"
+	PortcullisProgPostBind6         = "post_bind6"
+	PortcullisProgRecvmsg4          = "recvmsg4"
+	PortcullisProgRecvmsg6          = "recvmsg6"
+	PortcullisProgSendmsg4          = "sendmsg4"
+	PortcullisProgSendmsg6          = "sendmsg6"
+	PortcullisProgSockRelease       = "sock_release"
 )
 
 // LoadPortcullis returns the embedded CollectionSpec for Portcullis.
@@ -207,21 +288,23 @@ type PortcullisSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisProgramSpecs struct {
-	Bind4        *ebpf.ProgramSpec `ebpf:"bind4"`
-	Bind6        *ebpf.ProgramSpec `ebpf:"bind6"`
-	Connect4     *ebpf.ProgramSpec `ebpf:"connect4"`
-	Connect6     *ebpf.ProgramSpec `ebpf:"connect6"`
-	Getpeername4 *ebpf.ProgramSpec `ebpf:"getpeername4"`
-	Getpeername6 *ebpf.ProgramSpec `ebpf:"getpeername6"`
-	Getsockname4 *ebpf.ProgramSpec `ebpf:"getsockname4"`
-	Getsockname6 *ebpf.ProgramSpec `ebpf:"getsockname6"`
-	PostBind4    *ebpf.ProgramSpec `ebpf:"post_bind4"`
-	PostBind6    *ebpf.ProgramSpec `ebpf:"post_bind6"`
-	Recvmsg4     *ebpf.ProgramSpec `ebpf:"recvmsg4"`
-	Recvmsg6     *ebpf.ProgramSpec `ebpf:"recvmsg6"`
-	Sendmsg4     *ebpf.ProgramSpec `ebpf:"sendmsg4"`
-	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
-	SockRelease  *ebpf.ProgramSpec `ebpf:"sock_release"`
+	Bind4             *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6             *ebpf.ProgramSpec `ebpf:"bind6"`
+	Connect4          *ebpf.ProgramSpec `ebpf:"connect4"`
+	Connect6          *ebpf.ProgramSpec `ebpf:"connect6"`
+	Getpeername4      *ebpf.ProgramSpec `ebpf:"getpeername4"`
+	Getpeername6      *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	Getsockname4      *ebpf.ProgramSpec `ebpf:"getsockname4"`
+	Getsockname6      *ebpf.ProgramSpec `ebpf:"getsockname6"`
+	LimitsSockRelease *ebpf.ProgramSpec `ebpf:"limits_sock_release"`
+	LimitsSockops     *ebpf.ProgramSpec `ebpf:"limits_sockops"`
+	PostBind4         *ebpf.ProgramSpec `ebpf:"post_bind4"`
+	PostBind6         *ebpf.ProgramSpec `ebpf:"post_bind6"`
+	Recvmsg4          *ebpf.ProgramSpec `ebpf:"recvmsg4"`
+	Recvmsg6          *ebpf.ProgramSpec `ebpf:"recvmsg6"`
+	Sendmsg4          *ebpf.ProgramSpec `ebpf:"sendmsg4"`
+	Sendmsg6          *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	SockRelease       *ebpf.ProgramSpec `ebpf:"sock_release"`
 }
 
 // PortcullisMapSpecs contains maps before they are loaded into the kernel.
@@ -229,6 +312,13 @@ type PortcullisProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisMapSpecs struct {
 	Attachments  *ebpf.MapSpec `ebpf:"attachments"`
+	ConnCounts   *ebpf.MapSpec `ebpf:"conn_counts"`
+	ConnSlots    *ebpf.MapSpec `ebpf:"conn_slots"`
+	EgressRules  *ebpf.MapSpec `ebpf:"egress_rules"`
+	GroupBits    *ebpf.MapSpec `ebpf:"group_bits"`
+	GroupMembers *ebpf.MapSpec `ebpf:"group_members"`
+	GroupRefs    *ebpf.MapSpec `ebpf:"group_refs"`
+	Limits       *ebpf.MapSpec `ebpf:"limits"`
 	Policies     *ebpf.MapSpec `ebpf:"policies"`
 	Portmaps     *ebpf.MapSpec `ebpf:"portmaps"`
 	SvcBackends  *ebpf.MapSpec `ebpf:"svc_backends"`
@@ -269,6 +359,13 @@ func (o *PortcullisObjects) Close() error {
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisMaps struct {
 	Attachments  *ebpf.Map `ebpf:"attachments"`
+	ConnCounts   *ebpf.Map `ebpf:"conn_counts"`
+	ConnSlots    *ebpf.Map `ebpf:"conn_slots"`
+	EgressRules  *ebpf.Map `ebpf:"egress_rules"`
+	GroupBits    *ebpf.Map `ebpf:"group_bits"`
+	GroupMembers *ebpf.Map `ebpf:"group_members"`
+	GroupRefs    *ebpf.Map `ebpf:"group_refs"`
+	Limits       *ebpf.Map `ebpf:"limits"`
 	Policies     *ebpf.Map `ebpf:"policies"`
 	Portmaps     *ebpf.Map `ebpf:"portmaps"`
 	SvcBackends  *ebpf.Map `ebpf:"svc_backends"`
@@ -285,6 +382,13 @@ type PortcullisMaps struct {
 func (m *PortcullisMaps) Close() error {
 	return _PortcullisClose(
 		m.Attachments,
+		m.ConnCounts,
+		m.ConnSlots,
+		m.EgressRules,
+		m.GroupBits,
+		m.GroupMembers,
+		m.GroupRefs,
+		m.Limits,
 		m.Policies,
 		m.Portmaps,
 		m.SvcBackends,
@@ -309,21 +413,23 @@ type PortcullisVariables struct {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisPrograms struct {
-	Bind4        *ebpf.Program `ebpf:"bind4"`
-	Bind6        *ebpf.Program `ebpf:"bind6"`
-	Connect4     *ebpf.Program `ebpf:"connect4"`
-	Connect6     *ebpf.Program `ebpf:"connect6"`
-	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
-	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
-	Getsockname4 *ebpf.Program `ebpf:"getsockname4"`
-	Getsockname6 *ebpf.Program `ebpf:"getsockname6"`
-	PostBind4    *ebpf.Program `ebpf:"post_bind4"`
-	PostBind6    *ebpf.Program `ebpf:"post_bind6"`
-	Recvmsg4     *ebpf.Program `ebpf:"recvmsg4"`
-	Recvmsg6     *ebpf.Program `ebpf:"recvmsg6"`
-	Sendmsg4     *ebpf.Program `ebpf:"sendmsg4"`
-	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
-	SockRelease  *ebpf.Program `ebpf:"sock_release"`
+	Bind4             *ebpf.Program `ebpf:"bind4"`
+	Bind6             *ebpf.Program `ebpf:"bind6"`
+	Connect4          *ebpf.Program `ebpf:"connect4"`
+	Connect6          *ebpf.Program `ebpf:"connect6"`
+	Getpeername4      *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6      *ebpf.Program `ebpf:"getpeername6"`
+	Getsockname4      *ebpf.Program `ebpf:"getsockname4"`
+	Getsockname6      *ebpf.Program `ebpf:"getsockname6"`
+	LimitsSockRelease *ebpf.Program `ebpf:"limits_sock_release"`
+	LimitsSockops     *ebpf.Program `ebpf:"limits_sockops"`
+	PostBind4         *ebpf.Program `ebpf:"post_bind4"`
+	PostBind6         *ebpf.Program `ebpf:"post_bind6"`
+	Recvmsg4          *ebpf.Program `ebpf:"recvmsg4"`
+	Recvmsg6          *ebpf.Program `ebpf:"recvmsg6"`
+	Sendmsg4          *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6          *ebpf.Program `ebpf:"sendmsg6"`
+	SockRelease       *ebpf.Program `ebpf:"sock_release"`
 }
 
 func (p *PortcullisPrograms) Close() error {
@@ -336,6 +442,8 @@ func (p *PortcullisPrograms) Close() error {
 		p.Getpeername6,
 		p.Getsockname4,
 		p.Getsockname6,
+		p.LimitsSockRelease,
+		p.LimitsSockops,
 		p.PostBind4,
 		p.PostBind6,
 		p.Recvmsg4,

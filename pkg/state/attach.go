@@ -131,6 +131,10 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		return nil, err
 	}
 	undo.push(func() { s.policies.Delete(&cg.ID) })
+	if err := s.syncGuards(a, nil); err != nil {
+		return nil, err
+	}
+	undo.push(func() { s.forgetGuards(a) })
 
 	// Links are pinned in a temporary folder and renamed into place, so
 	// an attachment's folder is always complete.
@@ -207,6 +211,9 @@ func (s *State) Detach(id string) error {
 		s.portmaps.Delete(&e.key)
 	}
 	if err := s.policies.Delete(&a.CgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
+	if err := s.forgetGuards(a); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	if err := s.records.Delete(recordKey(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -348,6 +355,9 @@ func encodeRecord(a *Attachment) (*bpfobj.PortcullisRecord, error) {
 	}
 	var rec bpfobj.PortcullisRecord
 	if len(data) > len(rec.Data) {
+		data = compressRecord(data) // long egress rule lists
+	}
+	if len(data) > len(rec.Data) {
 		return nil, fmt.Errorf("policy too large: the attachment record is %d bytes, at most %d fit", len(data), len(rec.Data))
 	}
 	rec.Len = uint32(len(data))
@@ -360,7 +370,11 @@ func decodeRecord(rec *bpfobj.PortcullisRecord) (*Attachment, error) {
 		return nil, errors.New("corrupt attachment record")
 	}
 	var a Attachment
-	if err := json.Unmarshal(rec.Data[:rec.Len], &a); err != nil {
+	data, err := expandRecord(rec.Data[:rec.Len])
+	if err != nil {
+		return nil, fmt.Errorf("corrupt attachment record: %w", err)
+	}
+	if err := json.Unmarshal(data, &a); err != nil {
 		return nil, fmt.Errorf("corrupt attachment record: %w", err)
 	}
 	return &a, nil

@@ -39,7 +39,7 @@ func writePrograms(m *ebpf.Map, spec *ebpf.CollectionSpec) error {
 	var slot uint32
 	for name, p := range spec.Programs {
 		switch p.Type {
-		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt:
+		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt, ebpf.SockOps:
 		default:
 			continue
 		}
