@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/portcullis-net/portcullis/pkg/limits"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -19,6 +20,8 @@ type statusReport struct {
 	// Maps is what each pinned map costs; MapMemory is their sum.
 	Maps      []state.MapUsage `json:"maps,omitempty"`
 	MapMemory uint64           `json:"mapMemoryBytes,omitempty"`
+	// Connections are the live counts of attachments with connection caps.
+	Connections map[string]*limits.Usage `json:"connections,omitempty"`
 }
 
 var attachmentHeader = []string{"ID", "CGROUP", "ADDRESSES", "ALLOWED PORTS", "PORT MAPPINGS", "OWNER", "ATTACHED"}
@@ -73,6 +76,9 @@ func newStatusCommand(opts *options) *cobra.Command {
 				for _, m := range report.Maps {
 					report.MapMemory += m.Memlock
 				}
+				if report.Connections, err = connectionUsage(s, report.Attachments); err != nil {
+					return err
+				}
 			}
 			if opts.output == "json" {
 				return render(cmd.OutOrStdout(), opts, report, nil, nil)
@@ -90,7 +96,10 @@ func newStatusCommand(opts *options) *cobra.Command {
 			for i := range report.Attachments {
 				rows = append(rows, attachmentRow(&report.Attachments[i]))
 			}
-			return render(out, opts, nil, attachmentHeader, rows)
+			if err := render(out, opts, nil, attachmentHeader, rows); err != nil {
+				return err
+			}
+			return printConnections(out, opts, report.Connections)
 		},
 	}
 }

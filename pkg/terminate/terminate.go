@@ -286,7 +286,9 @@ func (p *programs) close() {
 		clearMap(p.targets)
 		p.targets.Close()
 	}
-	p.lock.Close() // drops the flock
+	if p.lock != nil {
+		p.lock.Close() // drops the flock
+	}
 }
 
 // clearMap deletes every entry of the (small) targets map.

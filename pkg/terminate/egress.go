@@ -1,0 +1,88 @@
+package terminate
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/state"
+)
+
+// Denied destroys (or, with dryRun, lists) the TCP and connected UDP
+// sockets of one attachment whose peer its egress rules deny: run after
+// `policy set --terminate` replaced the rules, it ends the connections the
+// new policy would not have let start. The iterators of
+// bpf/egress_terminate.c read the pinned egress maps, so they judge each
+// peer exactly as connect(2) does now.
+func Denied(s *state.State, a *state.Attachment, dryRun bool) (*Report, error) {
+	coll, p, err := loadDenied(s.Dir(), a, dryRun)
+	if err != nil {
+		return nil, err
+	}
+	defer coll.Close()
+	defer p.close()
+	report := &Report{DryRun: dryRun, Targets: []string{"egress-denied peers of " + a.ID}}
+	var errs []error
+	for _, path := range namespaces([]string{a.NetNS}) {
+		n, err := p.scanNetNS(path)
+		if err != nil {
+			n.Error = err.Error()
+			errs = append(errs, fmt.Errorf("netns %s: %w", n.NetNS, err))
+		}
+		report.Namespaces = append(report.Namespaces, n)
+		report.Matched += n.Matched
+		report.Destroyed += n.Destroyed
+	}
+	return report, errors.Join(errs...)
+}
+
+// loadDenied loads bpf/egress_terminate.c for one attachment. Unlike the
+// backend iterators these are not pinned: a policy change is rare, and the
+// container and its rules are load-time constants.
+func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Collection, _ *programs, err error) {
+	spec, err := bpfobj.LoadEgressTerminate()
+	if err != nil {
+		return nil, nil, err
+	}
+	consts := map[string]any{"target_cgroup": a.CgroupID, "target_owner": a.CgroupID, "dry_run": uint8(0)}
+	if dryRun {
+		consts["dry_run"] = uint8(1)
+	}
+	for name, v := range consts {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, nil, fmt.Errorf("egress termination %s: %w", name, err)
+		}
+	}
+	replace := map[string]*ebpf.Map{}
+	for _, name := range []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(stateDir, "maps", name), nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		defer m.Close() // the collection holds its own reference
+		replace[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: load egress termination programs: %v", ErrUnsupported, err)
+	}
+	p := &programs{dryRun: dryRun}
+	defer func() {
+		if err != nil {
+			p.close()
+			coll.Close()
+		}
+	}()
+	for _, name := range []string{bpfobj.EgressTerminateProgDeniedTcp, bpfobj.EgressTerminateProgDeniedUdp} {
+		l, err := link.AttachIter(link.IterOptions{Program: coll.Programs[name]})
+		if err != nil {
+			return nil, nil, fmt.Errorf("attach iterator %s: %w", name, err)
+		}
+		p.links = append(p.links, l)
+	}
+	return coll, p, nil
+}
