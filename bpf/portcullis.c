@@ -7,6 +7,7 @@
  * getsockname(2). A process whose cgroup has no policy is left alone.
  */
 #include "common.h"
+#include "netns.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -37,10 +38,10 @@ struct {
 	__type(value, struct record);
 } attachments SEC(".maps");
 
-/* Find the policy of the current task's container. The fast path is a task
- * in the container's own cgroup; otherwise the task sits in a cgroup nested
- * below it, and the deepest ancestor with a policy wins. */
-static __always_inline struct policy *current_policy(__u64 *cgroup_id)
+/* The policy of the current task's cgroup. The fast path is a task in the
+ * container's own cgroup; otherwise the task sits in a cgroup nested below
+ * it, and the deepest ancestor with a policy wins. */
+static __always_inline struct policy *cgroup_policy(__u64 *cgroup_id)
 {
 	__u64 id = bpf_get_current_cgroup_id();
 	struct policy *p = bpf_map_lookup_elem(&policies, &id);
@@ -63,6 +64,27 @@ static __always_inline struct policy *current_policy(__u64 *cgroup_id)
 		}
 	}
 	return found;
+}
+
+/* Find the policy of the current task's container and the key its
+ * per-container map entries use: the cgroup policy in the per-cgroup copy;
+ * in the copy on the common ancestor (netns.h), the network namespace's,
+ * unless a cgroup policy applies (then the per-cgroup copy acts). A host
+ * task pays one lookup there. */
+static __always_inline struct policy *current_policy(__u64 *key)
+{
+	struct policy *p;
+	__u64 cgroup_id;
+
+	if (!netns_copy)
+		return cgroup_policy(key);
+	*key = current_netns_key();
+	p = bpf_map_lookup_elem(&policies, key);
+	if (!p || cgroup_policy(&cgroup_id)) {
+		*key = 0;
+		return NULL;
+	}
+	return p;
 }
 
 static __always_inline bool is_loopback4(__u32 ip)

@@ -244,6 +244,7 @@ const (
 	PortcullisProgSendmsg4          = "sendmsg4"
 	PortcullisProgSendmsg6          = "sendmsg6"
 	PortcullisProgSockRelease       = "sock_release"
+	PortcullisVarNetnsCopy          = "netns_copy"
 )
 
 // LoadPortcullis returns the embedded CollectionSpec for Portcullis.
@@ -336,6 +337,7 @@ type PortcullisMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisVariableSpecs struct {
+	NetnsCopy *ebpf.VariableSpec `ebpf:"netns_copy"`
 }
 
 // PortcullisObjects contains all objects after they have been loaded into the kernel.
@@ -407,6 +409,7 @@ func (m *PortcullisMaps) Close() error {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisVariables struct {
+	NetnsCopy *ebpf.Variable `ebpf:"netns_copy"`
 }
 
 // PortcullisPrograms contains all programs after they have been loaded into the kernel.

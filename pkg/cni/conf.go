@@ -35,6 +35,10 @@ type Conf struct {
 	StateDir string `json:"stateDir,omitempty"`
 	// LogFile receives one line per invocation; empty means no log.
 	LogFile string `json:"logFile,omitempty"`
+	// NetNSCgroup is the cgroup the namespace programs are attached to, a
+	// common ancestor of every container's cgroup; empty is the cgroup v2
+	// root.
+	NetNSCgroup string `json:"netnsCgroup,omitempty"`
 
 	RuntimeConfig RuntimeConfig `json:"-"`
 
@@ -46,8 +50,8 @@ type Conf struct {
 type RuntimeConfig struct {
 	// PortMappings is the standard portMappings capability.
 	PortMappings []policy.PortMapping `json:"portMappings,omitempty"`
-	// CgroupPath is the cgroupPath capability: the container's cgroup,
-	// absolute or relative to the cgroup v2 mount.
+	// CgroupPath is the cgroupPath capability. It is accepted and not
+	// needed: a container is named by its network namespace.
 	CgroupPath string `json:"cgroupPath,omitempty"`
 }
 
@@ -59,6 +63,7 @@ var knownKeys = map[string]bool{
 	"ipam": true, "dns": true, "args": true, "runtimeConfig": true,
 	"prevResult": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
 	"policy": true, "policies": true, "services": true, "stateDir": true, "logFile": true,
+	"netnsCgroup": true,
 }
 
 // ParseConf reads the conf from stdin and the CNI arguments. Errors are
@@ -78,7 +83,7 @@ func ParseConf(stdin []byte, cniArgs string) (*Conf, error) {
 		sort.Strings(unknown)
 		k := unknown[0]
 		return nil, types.NewError(types.ErrUnsupportedField,
-			fmt.Sprintf("unknown field %q (value %s) in the portcullis conf: remove it or fix its spelling (portcullis' own fields are policy, policies, services, stateDir, logFile)", k, compact(raw[k])), "")
+			fmt.Sprintf("unknown field %q (value %s) in the portcullis conf: remove it or fix its spelling (portcullis' own fields are policy, policies, services, stateDir, logFile, netnsCgroup)", k, compact(raw[k])), "")
 	}
 
 	var c Conf

@@ -1,10 +1,13 @@
 // Package cni is the logic of the chained CNI plugin `portcullis`: it runs
 // after a main plugin (bridge, ptp, macvlan...) and attaches the container's
-// policy to the container's cgroup through the same state as
-// `portcullisctl attach`.
+// policy through the same state as `portcullisctl attach`. A container is
+// named the way CNI names it, by its network namespace: the policy covers
+// every task in CNI_NETNS whatever its cgroup (a pod's pause and app
+// containers, one exec'd in), and ADD needs no process (runtimes call it
+// before the sandbox starts).
 //
 //	ADD     build the policy (conf, prevResult.ips, portMappings, CNI_ARGS),
-//	        find the container's cgroup, attach; pass prevResult through
+//	        key it by CNI_NETNS, attach; pass prevResult through
 //	DEL     detach; whatever is already gone is not an error
 //	CHECK   the links are pinned, on the right cgroup, with the conf's policy
 //	GC      detach what the runtime no longer lists, and dead cgroups
@@ -36,9 +39,6 @@ import (
 
 // Error codes of the plugin's own (the spec leaves 100 and up to plugins).
 const (
-	// ErrCgroupNotFound: the container's cgroup v2 directory cannot be
-	// found (no cgroupPath, no process in CNI_NETNS, or it is gone).
-	ErrCgroupNotFound uint = 100
 	// ErrAttachFailed: the state could not be loaded, or the kernel or the
 	// state refused the attachment (an address not in the container's
 	// namespace, a full map...).
@@ -118,9 +118,8 @@ func add(inv *invocation) error {
 	if err := notPluginNetNS(args); err != nil {
 		return err
 	}
-	cg, err := ContainerCgroup(c.RuntimeConfig.CgroupPath, args.Netns)
-	if err != nil {
-		return types.NewError(ErrCgroupNotFound, "cannot find the container's cgroup: "+err.Error(), "")
+	if _, err := netnsKey(args.Netns); err != nil {
+		return err
 	}
 	id := AttachmentID(args.ContainerID, args.IfName)
 
@@ -138,17 +137,18 @@ func add(inv *invocation) error {
 		}
 		// The runtime repeats an ADD it thinks failed: the new one
 		// replaces the old.
-		inv.log.printf("replacing existing attachment %s (cgroup %s)", id, old.CgroupPath)
+		inv.log.printf("replacing existing attachment %s (netns %s)", id, old.NetNS)
 		if err := s.Detach(id); err != nil {
 			return types.NewError(ErrAttachFailed, "replace attachment "+id+": "+err.Error(), "")
 		}
 	}
-	a, err := s.Attach(state.AttachRequest{ID: id, Cgroup: cg.Path, Policy: p, NetNS: args.Netns, Owner: Owner(c.Name)})
+	a, err := s.Attach(state.AttachRequest{ID: id, Policy: p, NetNS: args.Netns, Owner: Owner(c.Name),
+		KeyByNetNS: true, NetNSCgroup: c.NetNSCgroup})
 	if err != nil {
 		return types.NewError(ErrAttachFailed, err.Error(), "")
 	}
 	policyJSON, _ := json.Marshal(a.Policy)
-	inv.log.printf("attached %s to cgroup %s (id %d) policy %s", id, a.CgroupPath, a.CgroupID, policyJSON)
+	inv.log.printf("attached %s to network namespace %s (key %#x) policy %s", id, a.NetNS, a.CgroupID, policyJSON)
 
 	// The result is the main plugin's, unchanged.
 	if err := types.PrintResult(c.PrevResult, c.CNIVersion); err != nil {
@@ -192,7 +192,7 @@ func del(inv *invocation) error {
 	if err != nil {
 		return types.NewError(ErrAttachFailed, "detach "+id+": "+err.Error(), "")
 	}
-	inv.log.printf("detached %s from cgroup %s", id, a.CgroupPath)
+	inv.log.printf("detached %s from network namespace %s", id, a.NetNS)
 	if warning.Len() > 0 {
 		inv.log.printf("%s", warning.String())
 	}
@@ -212,9 +212,9 @@ func check(inv *invocation) error {
 	if err != nil {
 		return err
 	}
-	cg, err := ContainerCgroup(c.RuntimeConfig.CgroupPath, args.Netns)
+	key, err := netnsKey(args.Netns)
 	if err != nil {
-		return types.NewError(ErrCgroupNotFound, "cannot find the container's cgroup: "+err.Error(), "")
+		return err
 	}
 	id := AttachmentID(args.ContainerID, args.IfName)
 	fail := func(format string, a ...any) error {
@@ -233,8 +233,8 @@ func check(inv *invocation) error {
 	} else if err != nil {
 		return fail("%v", err)
 	}
-	if a.CgroupID != cg.ID {
-		return fail("attachment %s is on cgroup %s (id %d), but the container's cgroup is %s (id %d): run DEL and ADD again", id, a.CgroupPath, a.CgroupID, cg.Path, cg.ID)
+	if a.CgroupID != key {
+		return fail("attachment %s is not keyed by network namespace %s (it follows %s): run DEL and ADD again", id, args.Netns, follows(a))
 	}
 	if err := s.VerifyLinks(a); err != nil {
 		return fail("%v: run DEL and ADD again", err)
@@ -273,7 +273,9 @@ func gc(inv *invocation) error {
 		switch {
 		case !strings.HasPrefix(a.Owner, OwnerPrefix):
 			continue // portcullisctl's or the OCI hook's
-		case !a.Cgroup().Exists():
+		case a.KeyedByNetNS() && !a.NetNSAlive():
+			reason = "its network namespace " + a.NetNS + " no longer exists"
+		case !a.KeyedByNetNS() && !a.Cgroup().Exists():
 			reason = "its cgroup " + a.CgroupPath + " no longer exists"
 		case a.Owner == Owner(c.Name) && !valid[a.ID]:
 			reason = "it is not in cni.dev/valid-attachments"
@@ -334,6 +336,23 @@ func notReady(dir string) string {
 		return fmt.Sprintf("stateDir's parent %s is not bpffs and not empty, so bpffs cannot be mounted there: mount it (mount -t bpf bpf %s) or set stateDir to a folder on bpffs", parent, parent)
 	}
 	return ""
+}
+
+// netnsKey is the policy key of the container's network namespace.
+func netnsKey(path string) (uint64, error) {
+	cookie, err := state.NetNSCookie(path)
+	if err != nil {
+		return 0, types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
+	}
+	return state.NetNSKey | cookie, nil
+}
+
+// follows names what an attachment is keyed by.
+func follows(a *state.Attachment) string {
+	if a.KeyedByNetNS() {
+		return "network namespace " + a.NetNS
+	}
+	return "cgroup " + a.CgroupPath
 }
 
 // notPluginNetNS refuses a CNI_NETNS that is the plugin's own namespace

@@ -35,6 +35,9 @@ type Attachment struct {
 	// NetNS is the network namespace the container's sockets live in, when
 	// it has its own.
 	NetNS string `json:"netns,omitempty"`
+	// For an attachment keyed by its network namespace (KeyedByNetNS),
+	// CgroupID is the policy key NetNSKey | the namespace's cookie and
+	// CgroupPath is empty.
 }
 
 // Cgroup returns the attached cgroup.
@@ -51,6 +54,12 @@ type AttachRequest struct {
 	// addresses must belong to; empty means the caller's.
 	NetNS string
 	Owner string
+	// KeyByNetNS keys the policy by NetNS instead of a cgroup: it covers
+	// every task in that namespace, whatever its cgroup (netns.go).
+	KeyByNetNS bool
+	// NetNSCgroup is where the namespace programs are attached: a common
+	// ancestor of the containers' cgroups; empty is the cgroup v2 root.
+	NetNSCgroup string
 }
 
 // attachmentIDMax is the size of the kernel record key, NUL included.
@@ -81,7 +90,7 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	if req.Policy == nil {
 		req.Policy = &policy.Policy{}
 	}
-	cg, err := cgroup.Resolve(req.Cgroup)
+	cg, err := s.attachTarget(&req)
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +101,8 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	}
 	if holder, err := s.attachmentOfKey(cg.ID); err != nil {
 		return nil, err
+	} else if holder != "" && req.KeyByNetNS {
+		return nil, fmt.Errorf("network namespace %s is already attached as %q", req.NetNS, holder)
 	} else if holder != "" {
 		return nil, fmt.Errorf("cgroup %s is already attached as %q", cg.Path, holder)
 	}
@@ -135,6 +146,13 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		return nil, err
 	}
 	undo.push(func() { s.forgetGuards(a) })
+	if req.KeyByNetNS {
+		if err := s.ensureNetNSLinks(req.NetNSCgroup); err != nil {
+			return nil, err
+		}
+		undo.push(func() { s.dropNetNSLinksIfUnused() })
+		return a, s.record(a, record, &undo)
+	}
 
 	// Links are pinned in a temporary folder and renamed into place, so
 	// an attachment's folder is always complete.
@@ -174,19 +192,38 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		return nil, err
 	}
 	undo.push(func() { detachLinks(final) })
-	if err := s.put(s.records, recordKey(req.ID), record); err != nil {
-		return nil, err
+	return a, s.record(a, record, &undo)
+}
+
+// attachTarget resolves what a request attaches: its cgroup, or the key of
+// its network namespace.
+func (s *State) attachTarget(req *AttachRequest) (cgroup.Cgroup, error) {
+	if !req.KeyByNetNS {
+		return cgroup.Resolve(req.Cgroup)
 	}
-	undo.push(func() { s.records.Delete(recordKey(req.ID)) })
+	if req.NetNS == "" {
+		return cgroup.Cgroup{}, errors.New("a policy keyed by network namespace needs the namespace's path")
+	}
+	cookie, err := NetNSCookie(req.NetNS)
+	if err != nil {
+		return cgroup.Cgroup{}, err
+	}
+	return cgroup.Cgroup{ID: NetNSKey | cookie}, nil
+}
+
+// record writes an attachment's record and brings the services up to date:
+// the last steps of Attach.
+func (s *State) record(a *Attachment, record *bpfobj.PortcullisRecord, undo *undoStack) error {
+	if err := s.put(s.records, recordKey(a.ID), record); err != nil {
+		return err
+	}
+	undo.push(func() { s.records.Delete(recordKey(a.ID)) })
 	key := policyKey(a)
-	if err := s.put(s.index, &key, recordKey(req.ID)); err != nil {
-		return nil, err
+	if err := s.put(s.index, &key, recordKey(a.ID)); err != nil {
+		return err
 	}
 	undo.push(func() { s.index.Delete(&key) })
-	if err := s.syncServices(a, false); err != nil {
-		return nil, err
-	}
-	return a, nil
+	return s.syncServices(a, false)
 }
 
 // Detach removes an attachment: its links (synchronously, so the cgroup's
@@ -221,6 +258,11 @@ func (s *State) Detach(id string) error {
 	}
 	if err := s.unindex(policyKey(a), id); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
+	}
+	if a.KeyedByNetNS() {
+		if err := s.dropNetNSLinksIfUnused(); err != nil {
+			return err
+		}
 	}
 	return s.syncServices(a, true)
 }
@@ -270,6 +312,12 @@ func (s *State) LinkPaths(id string) ([]string, error) {
 // VerifyLinks checks that an attachment has one live link per cgroup
 // program, each attached to the recorded cgroup.
 func (s *State) VerifyLinks(a *Attachment) error {
+	if a.KeyedByNetNS() {
+		if !a.NetNSAlive() {
+			return fmt.Errorf("attachment %s: network namespace %s no longer exists", a.ID, a.NetNS)
+		}
+		return s.verifyNetNSLinks(a.ID)
+	}
 	// The kernel detaches a removed cgroup's links asynchronously, so the
 	// directory is checked first.
 	if !a.Cgroup().Exists() {

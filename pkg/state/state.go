@@ -11,6 +11,7 @@
 //	maps/cgroup_programs  name -> attach type of the programs each cgroup gets
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 //	terminate/<name>      the termination iterators and their targets map
+//	netns/...             the copy for namespace-keyed policies (netns.go)
 package state
 
 import (
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -110,6 +112,9 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 		}
 	}
 	for name, m := range coll.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // globals (.rodata): each copy of the programs has its own
+		}
 		if err := m.Pin(filepath.Join(tmp, "maps", name)); err != nil {
 			return false, fmt.Errorf("pin map %s: %w", name, err)
 		}

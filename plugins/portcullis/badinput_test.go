@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -53,11 +54,9 @@ func TestBadInput(t *testing.T) {
 			code: types.ErrInvalidNetworkConfig, want: `policy: invalid policy: unknown field "allowedPort"`},
 		{name: "invalid policy", k: withProc, stdin: c.pluginConf(withProc, "10.97.0.2", `"policy": {"allowedPorts": ["0"]}`),
 			code: types.ErrInvalidNetworkConfig, want: `policy: invalid policy: allowedPorts[0]: port range "0": "0" is not a port (1-65535)`},
-		{name: "cgroup not found (no process in the netns)", k: noProc, stdin: c.pluginConf(noProc, "10.97.0.2", ""),
-			code: cni.ErrCgroupNotFound, want: "cannot find the container's cgroup: no process in network namespace " + noProc.ns.Path + " is in a cgroup of its own"},
-		{name: "cgroup not found (cgroupPath)", k: noProc,
-			stdin: c.pluginConf(noProc, "10.97.0.2", `"runtimeConfig": {"cgroupPath": "/portcullis-test-nonexistent"}`),
-			code:  cni.ErrCgroupNotFound, want: "cannot find the container's cgroup: runtimeConfig.cgroupPath: cgroup /sys/fs/cgroup/unified/portcullis-test-nonexistent does not exist"},
+		{name: "CNI_NETNS does not exist", k: noProc, env: map[string]string{"CNI_NETNS": "/run/netns/portcullis-test-nonexistent"},
+			stdin: c.pluginConf(noProc, "10.97.0.2", ""),
+			code:  types.ErrInvalidNetNS, want: "CNI_NETNS: network namespace /run/netns/portcullis-test-nonexistent: "},
 		{name: "no CNI_NETNS", k: withProc, env: map[string]string{"CNI_NETNS": ""}, stdin: good,
 			code: types.ErrInvalidEnvironmentVariables, want: "required env variables [CNI_NETNS] missing", unlogged: true},
 		{name: "CNI_NETNS is the plugin's own", k: withProc, env: map[string]string{"CNI_NETNS": c.host.Path}, stdin: good,
@@ -99,6 +98,9 @@ func TestBadInput(t *testing.T) {
 			}
 			if folders := c.linkFolders(); len(folders) != 0 {
 				t.Fatalf("link folders after a failed ADD: %v", folders)
+			}
+			if links, _ := filepath.Glob(filepath.Join(c.stateDir, "netns", "links", "*")); len(links) != 0 {
+				t.Fatalf("namespace links after a failed ADD: %v", links)
 			}
 			if total, n := c.totalEntries(); total != 0 {
 				t.Fatalf("map entries after a failed ADD: %v", n)
@@ -151,15 +153,12 @@ func TestConcurrentAdds(t *testing.T) {
 		var found bool
 		for _, a := range list {
 			if a.ID == k.attachmentID() {
-				found = a.CgroupID == k.cg.ID && a.Policy.Addresses[0].String() == fmt.Sprintf("10.98.0.%d", i+1) &&
+				found = a.CgroupID == k.key(t) && a.Policy.Addresses[0].String() == fmt.Sprintf("10.98.0.%d", i+1) &&
 					a.Policy.AllowedPorts[0].First == uint16(20000+i)
 			}
 		}
 		if !found {
-			t.Fatalf("container %d (%s): no attachment with its cgroup, address and port in %+v", i, k.id, list)
-		}
-		if cgroupPrograms(t, k.cg) == "" {
-			t.Fatalf("nothing attached to %s", k.cg.Path)
+			t.Fatalf("container %d (%s): no attachment with its namespace, address and port in %+v", i, k.id, list)
 		}
 	}
 	run("DEL")

@@ -126,6 +126,26 @@ func (c *chain) container(withProcess bool) *container {
 	return k
 }
 
+// key is the policy key of the container's network namespace.
+func (k *container) key(t *testing.T) uint64 {
+	t.Helper()
+	cookie, err := state.NetNSCookie(k.ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state.NetNSKey | cookie
+}
+
+// netnsLinks lists the namespace programs' pinned links.
+func (c *chain) netnsLinks() []string {
+	paths, _ := filepath.Glob(filepath.Join(c.stateDir, "netns", "links", "*"))
+	var names []string
+	for _, p := range paths {
+		names = append(names, filepath.Base(p))
+	}
+	return names
+}
+
 // attachmentID is the id the plugin gives the container's attachment.
 func (k *container) attachmentID() string { return cni.AttachmentID(k.id, k.rt.IfName) }
 

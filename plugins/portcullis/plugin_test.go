@@ -41,7 +41,7 @@ func TestLifecycle(t *testing.T) {
 	ip := c.mustAdd(k)
 
 	// ADD attached the web policy, the bridge's address and the runtime's
-	// mapping to the container's cgroup, owned by this network.
+	// mapping to the container's network namespace, owned by this network.
 	list := c.attachments()
 	if len(list) != 1 {
 		t.Fatalf("attachments after ADD: %+v", list)
@@ -49,18 +49,22 @@ func TestLifecycle(t *testing.T) {
 	a := list[0]
 	policy, _ := json.Marshal(a.Policy)
 	wantPolicy := `{"addresses":["` + ip + `"],"allowedPorts":["` + allowedPort + `","` + webPort + `"],"portMappings":[{"containerPort":8080,"hostPort":28080,"protocol":"tcp"}]}`
-	if a.ID != k.id+"-eth0" || a.CgroupID != k.cg.ID || a.Owner != "cni:"+c.name || a.NetNS != k.ns.Path || string(policy) != wantPolicy {
-		t.Fatalf("attachment %+v policy %s\nwant id %s-eth0, cgroup %s, owner cni:%s, netns %s, policy %s", a, policy, k.id, k.cg.Path, c.name, k.ns.Path, wantPolicy)
+	if a.ID != k.id+"-eth0" || a.CgroupID != k.key(t) || a.CgroupPath != "" || a.Owner != "cni:"+c.name || a.NetNS != k.ns.Path || string(policy) != wantPolicy {
+		t.Fatalf("attachment %+v policy %s\nwant id %s-eth0, keyed by netns %s, owner cni:%s, policy %s", a, policy, k.id, k.ns.Path, c.name, wantPolicy)
 	}
 	// ADD applied the services the conf declares.
 	if out, err := exec.Command(c.ctl, "service", "show", "db", "--state-dir", c.stateDir).CombinedOutput(); err != nil ||
 		!strings.Contains(string(out), "10.96.0.10:5432") || !strings.Contains(string(out), "10.99.0.250:5432") {
 		t.Fatalf("portcullisctl service show db after ADD: %v\n%s", err, out)
 	}
-	progs := cgroupPrograms(t, k.cg)
-	for _, attachType := range []string{"bind4", "bind6", "connect4", "connect6", "sendmsg4", "sendmsg6", "getsockname4", "getsockname6"} {
-		if !strings.Contains(progs, attachType) {
-			t.Fatalf("bpftool cgroup show %s has no %s program:\n%s", k.cg.Path, attachType, progs)
+	// The programs are on the cgroup v2 root, not on the container's.
+	if progs := cgroupPrograms(t, k.cg); progs != "" {
+		t.Fatalf("programs on the container's cgroup %s:\n%s", k.cg.Path, progs)
+	}
+	links := c.netnsLinks()
+	for _, name := range []string{"bind4", "bind6", "connect4", "connect6", "sendmsg4", "sendmsg6", "getsockname4", "getsockname6"} {
+		if !slices.Contains(links, name) {
+			t.Fatalf("namespace links %v have no %s", links, name)
 		}
 	}
 
@@ -94,28 +98,30 @@ func TestLifecycle(t *testing.T) {
 	if r := c.connect(ip + ":" + mappedTo); !r.OK || r.Reply != k.id {
 		t.Fatalf("connect to the mapped port %s:%s: %+v", ip, mappedTo, r)
 	}
-	// A process in the same namespace but another cgroup is untouched.
+	// A process in the same namespace but another cgroup is covered too.
 	other := testenv.Start(t, testenv.Cgroup(t, "cni-other"), k.ns.Command(c.probe, "listen", "-addr", "0.0.0.0:"+deniedPort))
-	if r := testenv.ParseProbe(t, other.Line(t, 5e9)); !r.OK || r.Local != "0.0.0.0:"+deniedPort {
-		t.Fatalf("listen outside the container's cgroup: %+v, want an unpinned bind", r)
+	if r := testenv.ParseProbe(t, other.Line(t, 5e9)); r.OK || r.Errno != "EPERM" {
+		t.Fatalf("listen on %s in another cgroup of the namespace: %+v, want EPERM", deniedPort, r)
 	}
+	other = testenv.Start(t, testenv.Cgroup(t, "cni-other"), k.ns.Command(c.probe, "listen", "-addr", "0.0.0.0:0"))
+	if r := testenv.ParseProbe(t, other.Line(t, 5e9)); !r.OK || !strings.HasPrefix(r.Local, ip+":") {
+		t.Fatalf("listen on 0.0.0.0:0 in another cgroup of the namespace: %+v, want it pinned to %s", r, ip)
+	}
+	other.Kill()
 
 	// CHECK passes, then fails once a link is removed by hand.
 	if err := c.check(k); err != nil {
 		t.Fatalf("CHECK after ADD: %v", err)
 	}
-	links, _ := filepath.Glob(filepath.Join(c.stateDir, "cgroups", a.ID, "*"))
-	if len(links) == 0 {
-		t.Fatal("no pinned links")
-	}
-	if err := os.Remove(links[0]); err != nil {
+	removed := filepath.Join(c.stateDir, "netns", "links", "connect4")
+	if err := os.Remove(removed); err != nil {
 		t.Fatal(err)
 	}
 	err := c.check(k)
 	if err == nil {
 		t.Fatal("CHECK passed with a link removed")
 	}
-	if e := asCNIError(t, err); e.Code != cni.ErrCheckFailed || !strings.Contains(e.Msg, "link "+filepath.Base(links[0])+" is not pinned") {
+	if e := asCNIError(t, err); e.Code != cni.ErrCheckFailed || !strings.Contains(e.Msg, "namespace link connect4 is not pinned") {
 		t.Fatalf("CHECK with a link removed: code %d %q", e.Code, e.Msg)
 	}
 
@@ -129,6 +135,9 @@ func TestLifecycle(t *testing.T) {
 	}
 	if folders := c.linkFolders(); len(folders) != 0 {
 		t.Fatalf("link folders left after DEL: %v", folders)
+	}
+	if links := c.netnsLinks(); len(links) != 0 {
+		t.Fatalf("namespace links left after DEL: %v", links)
 	}
 	// The container's binds are no longer pinned or refused.
 	if _, r := c.listen(k, "0.0.0.0:24604"); !r.OK || r.Local != "0.0.0.0:24604" {
@@ -145,18 +154,20 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
-// TestCgroupPathCapability: when the runtime passes cgroupPath, ADD needs
-// no process in the namespace (CRI runtimes call ADD before the sandbox
-// process exists).
+// TestCgroupPathCapability: ADD needs no process in the namespace (CRI
+// runtimes call ADD before the sandbox process exists); a cgroupPath the
+// runtime passes is accepted, and the policy still follows the namespace.
 func TestCgroupPathCapability(t *testing.T) {
 	c := newChain(t, chainKeys)
 	k := c.container(false)
 	k.rt.CapabilityArgs["cgroupPath"] = k.cg.Path
 	ip := c.mustAdd(k)
 	list := c.attachments()
-	if len(list) != 1 || list[0].CgroupID != k.cg.ID {
-		t.Fatalf("attachments %+v, want one on %s", list, k.cg.Path)
+	if len(list) != 1 || list[0].CgroupID != k.key(t) {
+		t.Fatalf("attachments %+v, want one keyed by %s", list, k.ns.Path)
 	}
+	// The container's first process starts after ADD.
+	testenv.Start(t, k.cg, k.ns.Command("sleep", "1000"))
 	if _, r := c.listen(k, "0.0.0.0:"+allowedPort); !r.OK || r.Local != ip+":"+allowedPort {
 		t.Fatalf("listen in the container: %+v, want pinned to %s", r, ip)
 	}
@@ -232,8 +243,8 @@ func TestDelWhenGone(t *testing.T) {
 }
 
 // TestGC: GC removes this network's attachments missing from
-// cni.dev/valid-attachments and any CNI attachment whose cgroup is gone,
-// and leaves the rest alone.
+// cni.dev/valid-attachments and any CNI attachment whose network namespace
+// is gone, and leaves the rest alone.
 func TestGC(t *testing.T) {
 	c := newChain(t, chainKeys)
 	keep, stale, dead := c.container(true), c.container(true), c.container(true)
@@ -246,6 +257,7 @@ func TestGC(t *testing.T) {
 	os.WriteFile(policyFile, []byte(`{"allowedPorts": ["1"]}`), 0o644)
 	testenv.Run(t, c.ctl, "attach", "--state-dir", c.stateDir, "--cgroup", manual.Path, "--policy", policyFile, "--id", "manual")
 	testenv.RemoveCgroup(t, dead.cg.Path)
+	testenv.Run(t, "ip", "netns", "del", dead.ns.Name)
 
 	// GC is a 1.1.0 verb and Debian's bridge stops at 1.0.0, so the GC
 	// goes to a list of portcullis alone, under the same network name.
@@ -271,8 +283,8 @@ func TestGC(t *testing.T) {
 		t.Fatalf("attachments after GC: %v, want %v", ids, want)
 	}
 	c.requireGone(stale)
-	if progs := cgroupPrograms(t, keep.cg); progs == "" {
-		t.Fatal("GC detached a valid attachment")
+	if links := c.netnsLinks(); len(links) == 0 {
+		t.Fatal("GC detached the namespace programs of a valid attachment")
 	}
 	if n := c.mapEntries(); n["attachments"] != 2 || n["policies"] != 2 {
 		t.Fatalf("map entries after GC: %v, want those of 2 attachments", n)
@@ -280,7 +292,7 @@ func TestGC(t *testing.T) {
 	log, _ := os.ReadFile(c.logFile)
 	for _, want := range []string{
 		"removed " + stale.attachmentID() + " (cni:" + c.name + "): it is not in cni.dev/valid-attachments",
-		"removed " + dead.attachmentID() + " (cni:" + c.name + "): its cgroup " + dead.cg.Path + " no longer exists",
+		"removed " + dead.attachmentID() + " (cni:" + c.name + "): its network namespace " + dead.ns.Path + " no longer exists",
 	} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("log has no %q:\n%s", want, log)

@@ -1,0 +1,291 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
+)
+
+// NetNSKey marks a policy key as a network namespace cookie (bpf/netns.h):
+// a namespace-keyed attachment's CgroupID is NetNSKey | its cookie, and
+// every per-container map entry uses that key.
+const NetNSKey = 1 << 63
+
+// Layout of the copy of the programs that serves namespace-keyed policies:
+//
+//	netns/progs/<name>   the programs, loaded with netns_copy = 1
+//	netns/links/<name>   their bpf_links on the common ancestor cgroup,
+//	                     present while a namespace-keyed attachment exists
+func (s *State) netnsDir(sub string) string { return filepath.Join(s.dir, "netns", sub) }
+
+// KeyedByNetNS reports whether the attachment follows a network namespace
+// rather than a cgroup.
+func (a *Attachment) KeyedByNetNS() bool { return a.CgroupID&NetNSKey != 0 }
+
+// NetNSCookie returns the cookie of the network namespace at path, the
+// value bpf_get_netns_cookie and the programs read: it asks a socket
+// created inside the namespace (SO_NETNS_COOKIE, kernel 5.14+).
+func NetNSCookie(path string) (uint64, error) {
+	var cookie uint64
+	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		if err != nil {
+			return fmt.Errorf("SO_NETNS_COOKIE (kernel 5.14+): %w", err)
+		}
+		cookie = v
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	return cookie, nil
+}
+
+// NetNSAlive reports whether a namespace-keyed attachment's namespace is
+// still there (its path names the same namespace).
+func (a *Attachment) NetNSAlive() bool {
+	cookie, err := NetNSCookie(a.NetNS)
+	return err == nil && NetNSKey|cookie == a.CgroupID
+}
+
+// netnsPrograms are the programs the namespace copy attaches: every
+// socket-call hook of the program table. cgroup_skb programs stay per
+// cgroup: on the common ancestor they would run for every packet of the
+// host.
+func (s *State) netnsProgramList() ([]cgroupProgram, error) {
+	all, err := s.cgroupPrograms()
+	var list []cgroupProgram
+	for _, p := range all {
+		switch p.attach {
+		case ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetEgress:
+		default:
+			list = append(list, p)
+		}
+	}
+	return list, err
+}
+
+// ensureNetNSLinks loads the namespace copy of the programs (once per
+// state) and attaches it to parent (the cgroup v2 root when empty), unless
+// it is attached already. It refuses a second, different parent.
+func (s *State) ensureNetNSLinks(parent string) error {
+	if parent == "" {
+		mount, err := cgroup.Mount()
+		if err != nil {
+			return err
+		}
+		parent = mount
+	}
+	cg, err := cgroup.Resolve(parent)
+	if err != nil {
+		return fmt.Errorf("namespace programs' cgroup: %w", err)
+	}
+	links := s.netnsDir("links")
+	if attached, err := netnsLinksCgroup(links); err != nil {
+		return err
+	} else if attached != 0 {
+		if attached != cg.ID {
+			return fmt.Errorf("the namespace programs of %s are attached to another cgroup than %s: use the same netns cgroup for every network, or detach every namespace-keyed attachment first", s.dir, cg.Path)
+		}
+		return nil
+	}
+	list, err := s.netnsProgramList()
+	if err != nil {
+		return err
+	}
+	progs, err := s.netnsPrograms(list)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, p := range progs {
+			p.Close()
+		}
+	}()
+	tmp := s.netnsDir("_tmp-links")
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	for _, p := range list {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg.Path, Attach: p.attach, Program: progs[p.name]})
+		if err != nil {
+			detachLinks(tmp)
+			return fmt.Errorf("attach namespace program %s to %s: %w", p.name, cg.Path, err)
+		}
+		err = l.Pin(filepath.Join(tmp, p.name))
+		l.Close()
+		if err != nil {
+			detachLinks(tmp)
+			return fmt.Errorf("pin namespace link %s: %w", p.name, err)
+		}
+	}
+	if err := os.Rename(tmp, links); err != nil {
+		detachLinks(tmp)
+		return err
+	}
+	return nil
+}
+
+// netnsLinksCgroup returns the cgroup id the namespace links are attached
+// to, or 0 when they are not.
+func netnsLinksCgroup(dir string) (uint64, error) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, path := range paths {
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			continue
+		}
+		info, err := l.Info()
+		l.Close()
+		if err == nil && info.Cgroup() != nil {
+			return info.Cgroup().CgroupId, nil
+		}
+	}
+	if len(paths) > 0 {
+		// Defunct links (their cgroup was removed): start again.
+		if err := detachLinks(dir); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil
+}
+
+// netnsPrograms opens the pinned namespace copy, loading and pinning it
+// first when it is not there (the only time the BPF object is parsed). It
+// shares every map of the state.
+func (s *State) netnsPrograms(list []cgroupProgram) (map[string]*ebpf.Program, error) {
+	dir := s.netnsDir("progs")
+	progs := map[string]*ebpf.Program{}
+	for _, p := range list {
+		prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, p.name), nil)
+		if err != nil {
+			break
+		}
+		progs[p.name] = prog
+	}
+	if len(progs) == len(list) {
+		return progs, nil
+	}
+	for _, p := range progs {
+		p.Close()
+	}
+
+	spec, err := bpfobj.LoadPortcullis()
+	if err != nil {
+		return nil, err
+	}
+	keep := map[string]bool{}
+	for _, p := range list {
+		keep[p.name] = true
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	if err := spec.Variables[bpfobj.PortcullisVarNetnsCopy].Set(uint32(1)); err != nil {
+		return nil, err
+	}
+	replace := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // this copy's own globals
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
+		if err != nil {
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		defer m.Close()
+		// The state's maps were sized at load (Sizes).
+		spec.Maps[name].MaxEntries = m.MaxEntries()
+		replace[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return nil, explainLoadError(err)
+	}
+	defer coll.Close()
+	tmp := s.netnsDir("_tmp-progs")
+	os.RemoveAll(tmp)
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	for name, p := range coll.Programs {
+		if err := p.Pin(filepath.Join(tmp, name)); err != nil {
+			os.RemoveAll(tmp)
+			return nil, fmt.Errorf("pin namespace program %s: %w", name, err)
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return nil, err
+	}
+	for name, p := range coll.Programs {
+		c, err := p.Clone()
+		if err != nil {
+			return nil, err
+		}
+		progs[name] = c
+	}
+	return progs, nil
+}
+
+// dropNetNSLinksIfUnused detaches the namespace programs from the common
+// ancestor once no namespace-keyed attachment is left, so host tasks pay
+// nothing while there is no such container.
+func (s *State) dropNetNSLinksIfUnused() error {
+	var (
+		key uint64
+		id  bpfobj.PortcullisAttachmentId
+	)
+	iter := s.index.Iterate()
+	for iter.Next(&key, &id) {
+		if key&NetNSKey != 0 {
+			return nil
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("attachment index: %w", err)
+	}
+	if err := detachLinks(s.netnsDir("links")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach namespace programs: %w", err)
+	}
+	return nil
+}
+
+// verifyNetNSLinks checks that every namespace program has a live link.
+func (s *State) verifyNetNSLinks(id string) error {
+	list, err := s.netnsProgramList()
+	if err != nil {
+		return err
+	}
+	for _, p := range list {
+		name := p.name
+		l, err := link.LoadPinnedLink(filepath.Join(s.netnsDir("links"), name), nil)
+		if err != nil {
+			return fmt.Errorf("attachment %s: namespace link %s is not pinned: %w", id, name, err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil || info.Cgroup() == nil {
+			return fmt.Errorf("attachment %s: namespace link %s is not attached to a cgroup", id, name)
+		}
+	}
+	return nil
+}
