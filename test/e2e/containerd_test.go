@@ -95,7 +95,8 @@ func TestContainerdCNI(t *testing.T) {
 		wrapper, dir, "ctr", "--address", sock, "run", "--cni", "--rootfs", rootfs, id,
 		"/bin/nc", "-ll", "-p", runcPort, "-e", "/bin/echo", id))
 
-	// ADD attached the container's cgroup, with the bridge's address.
+	// ADD keyed the policy by the container's network namespace, with the
+	// bridge's address.
 	attachmentID := cni.AttachmentID("default-"+id, "eth0")
 	var a state.Attachment
 	for i := 0; ; i++ {
@@ -109,22 +110,18 @@ func TestContainerdCNI(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	pid := taskPID(t, ctr, id)
-	cg, err := cgroup.OfPID(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a.ID != attachmentID || a.CgroupID != cg.ID || a.Owner != cni.Owner(network) || len(a.Policy.Addresses) != 1 ||
+	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
+	if a.ID != attachmentID || !a.KeyedByNetNS() || a.NetNS != netns || a.Owner != cni.Owner(network) || len(a.Policy.Addresses) != 1 ||
 		!strings.HasPrefix(a.Policy.Addresses[0].String(), "10.96.0.") {
-		t.Fatalf("attachment %+v\nwant id %s on the task's cgroup %s, owner %s, an address from 10.96.0.0/24", a, attachmentID, cg.Path, cni.Owner(network))
+		t.Fatalf("attachment %+v\nwant id %s keyed by the task's namespace %s, owner %s, an address from 10.96.0.0/24", a, attachmentID, netns, cni.Owner(network))
 	}
 	ip := a.Policy.Addresses[0].String()
-	if progs := testenv.Run(t, "bpftool", "cgroup", "show", cg.Path); !strings.Contains(progs, "bind4") {
-		t.Fatalf("bpftool cgroup show %s:\n%s", cg.Path, progs)
+	if links, _ := filepath.Glob(filepath.Join(stateDir, "netns", "links", "bind4")); len(links) != 1 {
+		t.Fatalf("no namespace link bind4 in %s", stateDir)
 	}
 
 	// busybox nc listens on [::]:24601; the container's socket is pinned
 	// to its address (v4-mapped, since the container has only IPv4).
-	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
 	var listeners string
 	for i := 0; i < 100; i++ {
 		out, _ := exec.Command("nsenter", "--net="+netns, "ss", "-Hltn", "sport = :"+runcPort).Output()
@@ -166,6 +163,9 @@ func TestContainerdCNI(t *testing.T) {
 	}
 	if links, _ := os.ReadDir(filepath.Join(stateDir, "cgroups")); len(links) != 0 {
 		t.Fatalf("link folders after DEL: %v", links)
+	}
+	if links, _ := filepath.Glob(filepath.Join(stateDir, "netns", "links", "*")); len(links) != 0 {
+		t.Fatalf("namespace links after DEL: %v", links)
 	}
 	log := readLog(logFile)
 	for _, want := range []string{"ADD container=default-" + id, "DEL container=default-" + id, "detached " + attachmentID} {

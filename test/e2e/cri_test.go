@@ -1,0 +1,436 @@
+package e2e
+
+// Kubernetes pods through containerd's CRI plugin, driven by crictl the way
+// kubelet drives it: RunPodSandbox, CreateContainer, StartContainer,
+// ExecSync, StopPodSandbox, RemovePodSandbox.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/test/testenv"
+)
+
+const (
+	criPort   = "20601" // in the network's allowedPorts
+	criDenied = "20602" // outside it
+	criSubnet = "10.20.0.0/24"
+)
+
+// criEnv is a containerd of the test's own with the CRI plugin, running in
+// a network namespace the test made (the pods' "host"), with the test's
+// CNI conf and bin folders and the busybox image imported.
+type criEnv struct {
+	t        *testing.T
+	dir      string
+	sock     string
+	host     *testenv.NetNS
+	stateDir string
+	logFile  string
+	probe    string
+}
+
+type criOptions struct {
+	// runtime is extra TOML for the runc runtime's section.
+	runtime string
+}
+
+func startCRI(t *testing.T, opts criOptions) *criEnv {
+	t.Helper()
+	for _, cmd := range [][2]string{{"containerd", "containerd"}, {"ctr", "containerd"}, {"runc", "runc"}, {"nsenter", "util-linux"}} {
+		testenv.RequireCommand(t, cmd[0], cmd[1])
+	}
+	if _, err := os.Stat("/usr/local/bin/crictl"); err != nil {
+		t.Fatal("crictl is not installed at /usr/local/bin/crictl (scripts/install-deps.sh: go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0)")
+	}
+	for _, p := range []string{"bridge", "host-local"} {
+		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
+			t.Fatalf("reference CNI plugin %s is not installed (apt-get install containernetworking-plugins)", p)
+		}
+	}
+	e := &criEnv{t: t, dir: t.TempDir(), host: testenv.NewNetNS(t), stateDir: testenv.StateDir(t), probe: testenv.Binary(t, "./test/sockprobe")}
+	e.logFile = filepath.Join(e.dir, "portcullis.log")
+	e.sock = filepath.Join(e.dir, "containerd.sock")
+	for _, sub := range []string{"net.d", "bin", "ipam", "logs"} {
+		os.MkdirAll(filepath.Join(e.dir, sub), 0o755)
+	}
+	for _, p := range []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback", testenv.Binary(t, "./plugins/portcullis")} {
+		if err := os.Symlink(p, filepath.Join(e.dir, "bin", filepath.Base(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	network := "pc-cri-" + testenv.Suffix()
+	conflist := filepath.Join(e.dir, "net.d", "10-portcullis.conflist")
+	writeConflist(t, conflist, network, e.stateDir, e.logFile, filepath.Join(e.dir, "ipam"))
+	var list map[string]any
+	readJSON(t, conflist, &list)
+	plugins := list["plugins"].([]any)
+	plugins[0].(map[string]any)["ipam"].(map[string]any)["ranges"] = [][]map[string]string{{{"subnet": criSubnet}}}
+	plugins[len(plugins)-1].(map[string]any)["policy"] = map[string]any{"allowedPorts": []string{criPort}}
+	writeJSON(t, conflist, list)
+
+	// An empty crictl config: crictl warns on stderr without one.
+	os.WriteFile(filepath.Join(e.dir, "crictl.yaml"), nil, 0o644)
+	config := filepath.Join(e.dir, "config.toml")
+	cri := `plugins."io.containerd.grpc.v1.cri"`
+	os.WriteFile(config, []byte(fmt.Sprintf(`version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+[%s]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[%s.cni]
+  bin_dir = %q
+  conf_dir = %q
+  max_conf_num = 1
+[%s.containerd]
+  default_runtime_name = "runc"
+  snapshotter = "native"
+[%s.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+%s
+[%s.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+`, filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state"), e.sock, filepath.Join(e.dir, "opt"),
+		cri, busyboxImage, cri, filepath.Join(e.dir, "bin"), filepath.Join(e.dir, "net.d"), cri, cri, opts.runtime, cri)), 0o644)
+	// containerd, and so the CNI chain and the pods' host side, run in
+	// the test's "host" namespace; the real host's stays untouched.
+	testenv.Start(t, cgroup.Cgroup{}, e.host.Command("containerd", "--config", config))
+	for i := 0; ; i++ {
+		out, err := e.crictl("version")
+		if err == nil {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("containerd with CRI did not start: %v\n%s", err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	archive := filepath.Join(e.dir, "busybox.tar")
+	buildBusyboxArchive(t, archive)
+	if out, err := exec.Command("ctr", "--address", e.sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		// Whatever a failed test left: pods go before containerd stops.
+		out, _ := e.crictl("pods", "-q")
+		for _, id := range strings.Fields(out) {
+			e.crictl("stopp", id)
+			e.crictl("rmp", id)
+		}
+		if t.Failed() {
+			t.Logf("plugin log:\n%s", readLog(e.logFile))
+		}
+	})
+	return e
+}
+
+// crictl runs crictl against the test's containerd, in the host namespace
+// (exec streams through containerd's server on 127.0.0.1 there).
+func (e *criEnv) crictl(args ...string) (string, error) {
+	cmd := e.host.Command(append([]string{"/usr/local/bin/crictl", "--config", filepath.Join(e.dir, "crictl.yaml"), "--runtime-endpoint", "unix://" + e.sock, "--image-endpoint", "unix://" + e.sock, "--timeout", "60s"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func (e *criEnv) mustCrictl(args ...string) string {
+	e.t.Helper()
+	out, err := e.crictl(args...)
+	if err != nil {
+		e.t.Fatalf("crictl %s: %v\n%s\nplugin log:\n%s", strings.Join(args, " "), err, out, readLog(e.logFile))
+	}
+	return out
+}
+
+// pod is a sandbox created as kubelet creates one: a UID, and the cgroup
+// parent /kubepods/besteffort/pod<UID>, made beforehand (kubelet's
+// cgroupfs layout).
+type pod struct {
+	e      *criEnv
+	id     string
+	uid    string
+	config string
+}
+
+func (e *criEnv) runPod(name string, hostNetwork bool, annotations map[string]string) *pod {
+	e.t.Helper()
+	uid := "0c20" + testenv.Suffix() + "-0000-4000-8000-000000000020"
+	parent := "/kubepods/besteffort/pod" + uid
+	e.kubeletCgroup(parent)
+	network := 0 // POD
+	if hostNetwork {
+		network = 2 // NODE
+	}
+	p := &pod{e: e, uid: uid, config: filepath.Join(e.dir, name+"-pod.json")}
+	writeJSON(e.t, p.config, map[string]any{
+		"metadata":      map[string]any{"name": name, "namespace": "pc-test", "uid": uid, "attempt": 0},
+		"log_directory": filepath.Join(e.dir, "logs", name),
+		"annotations":   annotations,
+		"linux": map[string]any{
+			"cgroup_parent":    parent,
+			"security_context": map[string]any{"namespace_options": map[string]any{"network": network}},
+		},
+	})
+	p.id = e.mustCrictl("runp", p.config)
+	return p
+}
+
+// kubeletCgroup creates the pod's cgroup in the v2 hierarchy as kubelet
+// does before RunPodSandbox, and removes what is left of it in every
+// hierarchy at cleanup (runc makes the v1 ones).
+func (e *criEnv) kubeletCgroup(rel string) {
+	e.t.Helper()
+	mount, err := cgroup.Mount()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(mount, rel), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+		for _, root := range append(roots, mount) {
+			for dir := filepath.Join(root, rel); strings.HasPrefix(dir, filepath.Join(root, "kubepods")); dir = filepath.Dir(dir) {
+				subs, _ := filepath.Glob(filepath.Join(dir, "*", "cgroup.procs"))
+				for _, s := range subs {
+					os.Remove(filepath.Dir(s))
+				}
+				os.Remove(dir) // fails while another pod uses it
+			}
+		}
+	})
+}
+
+// container creates and starts an app container in the pod.
+func (p *pod) container(name string, command ...string) string {
+	p.e.t.Helper()
+	config := filepath.Join(p.e.dir, name+"-ctr.json")
+	writeJSON(p.e.t, config, map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": busyboxImage},
+		"command":  command,
+		"log_path": name + ".log",
+		"linux":    map[string]any{},
+	})
+	id := p.e.mustCrictl("create", p.id, config, p.config)
+	p.e.mustCrictl("start", id)
+	return id
+}
+
+// inspect returns the sandbox's pid, network namespace path and IP.
+func (p *pod) inspect() (pid int, netns, ip string) {
+	p.e.t.Helper()
+	var out struct {
+		Status struct {
+			Network struct {
+				IP string `json:"ip"`
+			} `json:"network"`
+		} `json:"status"`
+		Info struct {
+			Pid         int `json:"pid"`
+			RuntimeSpec struct {
+				Linux struct {
+					Namespaces []struct {
+						Type string `json:"type"`
+						Path string `json:"path"`
+					} `json:"namespaces"`
+				} `json:"linux"`
+			} `json:"runtimeSpec"`
+		} `json:"info"`
+	}
+	data := p.e.mustCrictl("inspectp", "-o", "json", p.id)
+	if err := json.Unmarshal([]byte(data), &out); err != nil {
+		p.e.t.Fatalf("crictl inspectp: %v\n%s", err, data)
+	}
+	for _, ns := range out.Info.RuntimeSpec.Linux.Namespaces {
+		if ns.Type == "network" {
+			netns = ns.Path
+		}
+	}
+	return out.Info.Pid, netns, out.Status.Network.IP
+}
+
+// execFails runs argv in the container and returns its output, which
+// must come with a failure.
+func (p *pod) execFails(cid string, argv ...string) string {
+	p.e.t.Helper()
+	out, err := p.e.crictl(append([]string{"exec", "-s", "--timeout", "10", cid}, argv...)...)
+	if err == nil {
+		p.e.t.Fatalf("crictl exec %s %v succeeded: %s", cid, argv, out)
+	}
+	return out
+}
+
+// stopAndRemove is StopPodSandbox then RemovePodSandbox.
+func (p *pod) stopAndRemove() {
+	p.e.t.Helper()
+	p.e.mustCrictl("stopp", p.id)
+	p.e.mustCrictl("rmp", p.id)
+}
+
+// requireClean checks that nothing is left of any attachment: no record,
+// no map entry, no link folder, no namespace programs.
+func (e *criEnv) requireClean() {
+	e.t.Helper()
+	if list := cniAttachments(e.t, e.stateDir); len(list) != 0 {
+		e.t.Fatalf("attachments left: %+v", list)
+	}
+	for _, m := range []string{"policies", "portmaps", "attachments"} {
+		if dump := strings.TrimSpace(testenv.Run(e.t, "bpftool", "-j", "map", "dump", "pinned", filepath.Join(e.stateDir, "maps", m))); dump != "[]" {
+			e.t.Fatalf("map %s left: %s", m, dump)
+		}
+	}
+	if links, _ := os.ReadDir(filepath.Join(e.stateDir, "cgroups")); len(links) != 0 {
+		e.t.Fatalf("link folders left: %v", links)
+	}
+	if links, _ := filepath.Glob(filepath.Join(e.stateDir, "netns", "links", "*")); len(links) != 0 {
+		e.t.Fatalf("namespace links left on the cgroup root: %v", links)
+	}
+}
+
+// TestCRIPod: a pod through containerd 1.6's CRI plugin starts with
+// portcullis chained (ADD runs before the sandbox task exists and gets no
+// cgroupPath), and every container of the pod is covered: the app
+// containers, one started later, a process exec'd in, and the sandbox.
+// StopPodSandbox and RemovePodSandbox leave nothing.
+func TestCRIPod(t *testing.T) {
+	e := startCRI(t, criOptions{})
+	p := e.runPod("web", false, nil)
+	pid, netns, ip := p.inspect()
+	if !strings.HasPrefix(ip, "10.20.0.") || netns == "" {
+		t.Fatalf("sandbox ip %q netns %q, want an address of %s and a namespace", ip, netns, criSubnet)
+	}
+	list := cniAttachments(t, e.stateDir)
+	if len(list) != 1 || !list[0].KeyedByNetNS() || list[0].NetNS != netns || list[0].Policy.Addresses[0].String() != ip {
+		t.Fatalf("attachments %+v, want one keyed by the pod's namespace %s with address %s", list, netns, ip)
+	}
+
+	// The app container: a server on the allowed port, bound to the
+	// wildcard, is pinned to the pod's IP and reachable from the host.
+	app := p.container("app", "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "app")
+	podNS := &testenv.NetNS{Path: netns}
+	waitListeningOn(t, podNS, criPort, ip+":"+criPort, "[::ffff:"+ip+"]:"+criPort)
+	out, _ := e.host.Command(e.probe, "connect", "-addr", ip+":"+criPort).Output()
+	if r := testenv.ParseProbe(t, strings.TrimSpace(string(out))); !r.OK || r.Reply != "app" {
+		t.Fatalf("connect from the host to %s:%s: %+v", ip, criPort, r)
+	}
+	// A process exec'd into it: EPERM outside allowedPorts.
+	if out := p.execFails(app, "/bin/nc", "-l", "-p", criDenied); !strings.Contains(out, "bind: Operation not permitted") {
+		t.Fatalf("nc -l -p %s exec'd in the app container: %q, want bind: Operation not permitted", criDenied, out)
+	}
+	// A second app container, started later, in a sibling cgroup.
+	second := p.container("second", "/bin/nc", "-l", "-p", criDenied)
+	var status string
+	for i := 0; i < 100; i++ {
+		status = e.mustCrictl("inspect", "-o", "go-template", "--template", "{{.status.state}} {{.status.exitCode}}", second)
+		if strings.HasPrefix(status, "CONTAINER_EXITED") {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	logs, _ := e.crictl("logs", second)
+	if !strings.HasPrefix(status, "CONTAINER_EXITED") || !strings.Contains(logs, "bind: Operation not permitted") {
+		t.Fatalf("second container listening on %s: %s, logs %q; want it to exit with bind: Operation not permitted", criDenied, status, logs)
+	}
+	// The sandbox's own cgroup (the pause container's).
+	sandboxCg, err := cgroup.OfPID(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appPid := containerPid(t, e, app)
+	if appCg, _ := cgroup.OfPID(appPid); appCg.ID == sandboxCg.ID || filepath.Dir(appCg.Path) != filepath.Dir(sandboxCg.Path) ||
+		!strings.HasSuffix(filepath.Dir(appCg.Path), "/kubepods/besteffort/pod"+p.uid) {
+		t.Fatalf("app cgroup %s, sandbox cgroup %s: want siblings under the pod's cgroup", appCg.Path, sandboxCg.Path)
+	}
+	inSandbox := testenv.Start(t, sandboxCg, podNS.Command(e.probe, "listen", "-addr", "0.0.0.0:"+criDenied))
+	if r := testenv.ParseProbe(t, inSandbox.Line(t, 5*time.Second)); r.OK || r.Errno != "EPERM" {
+		t.Fatalf("listen on %s in the sandbox's cgroup: %+v, want EPERM", criDenied, r)
+	}
+	inSandbox.Kill()
+
+	p.stopAndRemove()
+	e.requireClean()
+	log := readLog(e.logFile)
+	for _, want := range []string{"ADD container=" + p.id, "DEL container=" + p.id, "attached "} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("plugin log has no %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "error") {
+		t.Fatalf("plugin log has an error:\n%s", log)
+	}
+}
+
+// containerPid is a container's init pid from crictl inspect.
+func containerPid(t *testing.T, e *criEnv, id string) int {
+	t.Helper()
+	var pid int
+	fmt.Sscan(e.mustCrictl("inspect", "-o", "go-template", "--template", "{{.info.pid}}", id), &pid)
+	if pid <= 0 {
+		t.Fatalf("no pid for container %s", id)
+	}
+	return pid
+}
+
+// TestCRITwoPods: two pods at once each get their own policy and address;
+// removing one leaves the other's policy and the namespace programs in
+// place, removing the last takes the programs off the cgroup root.
+func TestCRITwoPods(t *testing.T) {
+	e := startCRI(t, criOptions{})
+	a, b := e.runPod("a", false, nil), e.runPod("b", false, nil)
+	_, nsA, ipA := a.inspect()
+	_, nsB, ipB := b.inspect()
+	if ipA == ipB || nsA == nsB {
+		t.Fatalf("pods share ip %s / netns %s", ipA, nsA)
+	}
+	if list := cniAttachments(t, e.stateDir); len(list) != 2 {
+		t.Fatalf("attachments %+v, want two", list)
+	}
+	a.stopAndRemove()
+	appB := b.container("app", "/bin/sleep", "1000")
+	if out := b.execFails(appB, "/bin/nc", "-l", "-p", criDenied); !strings.Contains(out, "bind: Operation not permitted") {
+		t.Fatalf("nc -l -p %s in pod b after pod a went: %q", criDenied, out)
+	}
+	s, err := state.Open(e.stateDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _ := s.Attachments()
+	s.Close()
+	if len(list) != 1 || list[0].NetNS != nsB {
+		t.Fatalf("attachments %+v, want pod b's only", list)
+	}
+	b.stopAndRemove()
+	e.requireClean()
+}
+
+// waitListeningOn waits until exactly one socket listens on port, at one of
+// the addresses given.
+func waitListeningOn(t *testing.T, netns *testenv.NetNS, port string, oneOf ...string) {
+	t.Helper()
+	var got []string
+	for i := 0; i < 100; i++ {
+		if got = listening(t, netns, port); len(got) == 1 && slices.Contains(oneOf, got[0]) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("TCP listeners on port %s: %v, want one of %v", port, got, oneOf)
+}
