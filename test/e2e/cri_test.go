@@ -434,3 +434,59 @@ func waitListeningOn(t *testing.T, netns *testenv.NetNS, port string, oneOf ...s
 	}
 	t.Fatalf("TCP listeners on port %s: %v, want one of %v", port, got, oneOf)
 }
+
+// TestCRIHostNetworkPod: a hostNetwork pod gets no CNI call; its policy
+// comes through the OCI hook, named in containerd's base_runtime_spec, from
+// a pod annotation that pod_annotations passes to every container of the
+// pod. All its containers share the pod's policy.
+func TestCRIHostNetworkPod(t *testing.T) {
+	hook := testenv.Binary(t, "./hooks/portcullis-hook")
+	dir := t.TempDir()
+	stateDir := testenv.StateDir(t)
+	policies := filepath.Join(dir, "policies.d")
+	os.MkdirAll(policies, 0o755)
+	os.WriteFile(filepath.Join(policies, "hostpod.json"), []byte(`{"addresses": ["127.0.20.1"], "allowedPorts": ["`+criPort+`"]}`), 0o644)
+	// The base spec: containerd's default with the hooks added.
+	var spec map[string]any
+	out, err := exec.Command("ctr", "oci", "spec").Output()
+	if err != nil {
+		t.Fatalf("ctr oci spec: %v", err)
+	}
+	json.Unmarshal(out, &spec)
+	env := []string{"PORTCULLIS_STATE_DIR=" + stateDir, "PORTCULLIS_POLICIES_DIR=" + policies}
+	spec["hooks"] = map[string]any{
+		"createRuntime": []any{map[string]any{"path": hook, "args": []string{"portcullis-hook", "createRuntime"}, "env": env}},
+		"poststop":      []any{map[string]any{"path": hook, "args": []string{"portcullis-hook", "poststop"}, "env": env}},
+	}
+	base := filepath.Join(dir, "base-spec.json")
+	writeJSON(t, base, spec)
+	e := startCRI(t, criOptions{runtime: fmt.Sprintf("  base_runtime_spec = %q\n  pod_annotations = [\"io.portcullis.*\"]", base)})
+
+	p := e.runPod("hostweb", true, map[string]string{"io.portcullis.policy-name": "hostpod"})
+	app := p.container("app", "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "hostapp")
+	second := p.container("second", "/bin/sleep", "1000")
+	waitListeningOn(t, e.host, criPort, "127.0.20.1:"+criPort, "[::ffff:127.0.20.1]:"+criPort)
+	for _, cid := range []string{app, second} {
+		if out := p.execFails(cid, "/bin/nc", "-l", "-p", criDenied); !strings.Contains(out, "bind: Operation not permitted") {
+			t.Fatalf("nc -l -p %s in container %s of the hostNetwork pod: %q, want bind: Operation not permitted", criDenied, cid, out)
+		}
+	}
+	// One attachment per app container, each on its own cgroup (siblings
+	// under the pod's), with the pod's policy. containerd 1.6 builds the
+	// sandbox's spec without base_runtime_spec, so the hook does not run
+	// for the pause container (it only sleeps).
+	list := cniAttachments(t, stateDir)
+	t.Logf("sandbox %s, app %s, second %s; attachments %v", p.id, app, second, attachmentIDs(list))
+	if ids := attachmentIDs(list); len(ids) != 2 || !slices.Contains(ids, app) || !slices.Contains(ids, second) {
+		t.Fatalf("attachments %v, want the app containers' %s and %s", ids, app, second)
+	}
+	for _, a := range list {
+		if a.Owner != "oci-hook" || a.KeyedByNetNS() || a.Policy.Addresses[0].String() != "127.0.20.1" {
+			t.Fatalf("attachment %+v, want the hook's, on a cgroup, with the pod's policy", a)
+		}
+	}
+	p.stopAndRemove()
+	if list := cniAttachments(t, stateDir); len(list) != 0 {
+		t.Fatalf("attachments after the pod was removed: %+v", list)
+	}
+}
