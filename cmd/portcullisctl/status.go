@@ -24,7 +24,7 @@ type statusReport struct {
 	Connections map[string]*limits.Usage `json:"connections,omitempty"`
 }
 
-var attachmentHeader = []string{"ID", "CGROUP", "ADDRESSES", "ALLOWED PORTS", "PORT MAPPINGS", "OWNER", "ATTACHED"}
+var attachmentHeader = []string{"ID", "CGROUP OR NETNS", "ADDRESSES", "ALLOWED PORTS", "PORT MAPPINGS", "OWNER", "ATTACHED"}
 
 func attachmentRow(a *state.Attachment) []string {
 	var addrs, ports, maps []string
@@ -38,7 +38,7 @@ func attachmentRow(a *state.Attachment) []string {
 		maps = append(maps, fmt.Sprintf("%d->%d/%s", m.ContainerPort, m.HostPort, m.Protocol))
 	}
 	return []string{
-		a.ID, a.CgroupPath,
+		a.ID, a.Target(),
 		orDash(strings.Join(addrs, ",")), orDash(strings.Join(ports, ",")), orDash(strings.Join(maps, ",")),
 		orDash(a.Owner), a.AttachedAt.Local().Format(time.RFC3339),
 	}

@@ -234,7 +234,7 @@ func check(inv *invocation) error {
 		return fail("%v", err)
 	}
 	if a.CgroupID != key {
-		return fail("attachment %s is not keyed by network namespace %s (it follows %s): run DEL and ADD again", id, args.Netns, follows(a))
+		return fail("attachment %s is not keyed by network namespace %s (it follows %s): run DEL and ADD again", id, args.Netns, a.Target())
 	}
 	if err := s.VerifyLinks(a); err != nil {
 		return fail("%v: run DEL and ADD again", err)
@@ -345,14 +345,6 @@ func netnsKey(path string) (uint64, error) {
 		return 0, types.NewError(types.ErrInvalidNetNS, "CNI_NETNS: "+err.Error(), "")
 	}
 	return state.NetNSKey | cookie, nil
-}
-
-// follows names what an attachment is keyed by.
-func follows(a *state.Attachment) string {
-	if a.KeyedByNetNS() {
-		return "network namespace " + a.NetNS
-	}
-	return "cgroup " + a.CgroupPath
 }
 
 // notPluginNetNS refuses a CNI_NETNS that is the plugin's own namespace

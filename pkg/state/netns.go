@@ -32,6 +32,15 @@ func (s *State) netnsDir(sub string) string { return filepath.Join(s.dir, "netns
 // rather than a cgroup.
 func (a *Attachment) KeyedByNetNS() bool { return a.CgroupID&NetNSKey != 0 }
 
+// Target names what the attachment follows: its cgroup's path, or
+// "netns:" and its network namespace's path.
+func (a *Attachment) Target() string {
+	if a.KeyedByNetNS() {
+		return "netns:" + a.NetNS
+	}
+	return a.CgroupPath
+}
+
 // NetNSCookie returns the cookie of the network namespace at path, the
 // value bpf_get_netns_cookie and the programs read: it asks a socket
 // created inside the namespace (SO_NETNS_COOKIE, kernel 5.14+).

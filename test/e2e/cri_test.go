@@ -204,16 +204,36 @@ func (e *criEnv) kubeletCgroup(rel string) {
 	if err := os.MkdirAll(filepath.Join(mount, rel), 0o755); err != nil {
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() {
+	removeCgroupTree(e.t, "/kubepods")
+}
+
+// removeCgroupTree removes, at cleanup, the cgroup rel and everything
+// below it in every hierarchy (runtimes make the v1 ones); a cgroup still
+// in use (by another test's pod) stays. A runtime's monitor (conmon) may
+// take a moment to exit, so it tries for a few seconds.
+func removeCgroupTree(t *testing.T, rel string) {
+	t.Cleanup(func() {
 		roots, _ := filepath.Glob("/sys/fs/cgroup/*")
-		for _, root := range append(roots, mount) {
-			for dir := filepath.Join(root, rel); strings.HasPrefix(dir, filepath.Join(root, "kubepods")); dir = filepath.Dir(dir) {
-				subs, _ := filepath.Glob(filepath.Join(dir, "*", "cgroup.procs"))
-				for _, s := range subs {
-					os.Remove(filepath.Dir(s))
+		for try := 0; try < 50; try++ {
+			left := false
+			for _, root := range roots {
+				var dirs []string
+				filepath.WalkDir(filepath.Join(root, rel), func(path string, d os.DirEntry, err error) error {
+					if err == nil && d.IsDir() {
+						dirs = append(dirs, path)
+					}
+					return nil
+				})
+				for i := len(dirs) - 1; i >= 0; i-- {
+					if os.Remove(dirs[i]) != nil {
+						left = true
+					}
 				}
-				os.Remove(dir) // fails while another pod uses it
 			}
+			if !left {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 }
