@@ -17,6 +17,7 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/test/crienv"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
@@ -26,13 +27,13 @@ const (
 	criSubnet = "10.20.0.0/24"
 )
 
-// criEnv is a containerd of the test's own with the CRI plugin, running in
-// a network namespace the test made (the pods' "host"), with the test's
-// CNI conf and bin folders and the busybox image imported.
+// criEnv is a containerd of the test's own with the CRI plugin (crienv),
+// with the test's CNI conf and bin folders: bridge + host-local +
+// portcullis.
 type criEnv struct {
+	*crienv.Containerd
 	t        *testing.T
 	dir      string
-	sock     string
 	host     *testenv.NetNS
 	stateDir string
 	logFile  string
@@ -46,12 +47,7 @@ type criOptions struct {
 
 func startCRI(t *testing.T, opts criOptions) *criEnv {
 	t.Helper()
-	for _, cmd := range [][2]string{{"containerd", "containerd"}, {"ctr", "containerd"}, {"runc", "runc"}, {"nsenter", "util-linux"}} {
-		testenv.RequireCommand(t, cmd[0], cmd[1])
-	}
-	if _, err := os.Stat("/usr/local/bin/crictl"); err != nil {
-		t.Fatal("crictl is not installed at /usr/local/bin/crictl (scripts/install-deps.sh: go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0)")
-	}
+	testenv.RequireCommand(t, "nsenter", "util-linux")
 	for _, p := range []string{"bridge", "host-local"} {
 		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
 			t.Fatalf("reference CNI plugin %s is not installed (apt-get install containernetworking-plugins)", p)
@@ -59,8 +55,7 @@ func startCRI(t *testing.T, opts criOptions) *criEnv {
 	}
 	e := &criEnv{t: t, dir: t.TempDir(), host: testenv.NewNetNS(t), stateDir: testenv.StateDir(t), probe: testenv.Binary(t, "./test/sockprobe")}
 	e.logFile = filepath.Join(e.dir, "portcullis.log")
-	e.sock = filepath.Join(e.dir, "containerd.sock")
-	for _, sub := range []string{"net.d", "bin", "ipam", "logs"} {
+	for _, sub := range []string{"net.d", "bin", "ipam"} {
 		os.MkdirAll(filepath.Join(e.dir, sub), 0o755)
 	}
 	for _, p := range []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback", testenv.Binary(t, "./plugins/portcullis")} {
@@ -77,64 +72,8 @@ func startCRI(t *testing.T, opts criOptions) *criEnv {
 	plugins[0].(map[string]any)["ipam"].(map[string]any)["ranges"] = [][]map[string]string{{{"subnet": criSubnet}}}
 	plugins[len(plugins)-1].(map[string]any)["policy"] = map[string]any{"allowedPorts": []string{criPort}}
 	writeJSON(t, conflist, list)
-
-	// An empty crictl config: crictl warns on stderr without one.
-	os.WriteFile(filepath.Join(e.dir, "crictl.yaml"), nil, 0o644)
-	config := filepath.Join(e.dir, "config.toml")
-	cri := `plugins."io.containerd.grpc.v1.cri"`
-	os.WriteFile(config, []byte(fmt.Sprintf(`version = 2
-root = %q
-state = %q
-[grpc]
-  address = %q
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-[%s]
-  sandbox_image = %q
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[%s.cni]
-  bin_dir = %q
-  conf_dir = %q
-  max_conf_num = 1
-[%s.containerd]
-  default_runtime_name = "runc"
-  snapshotter = "native"
-[%s.containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-%s
-[%s.containerd.runtimes.runc.options]
-  SystemdCgroup = false
-`, filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state"), e.sock, filepath.Join(e.dir, "opt"),
-		cri, busyboxImage, cri, filepath.Join(e.dir, "bin"), filepath.Join(e.dir, "net.d"), cri, cri, opts.runtime, cri)), 0o644)
-	// containerd, and so the CNI chain and the pods' host side, run in
-	// the test's "host" namespace; the real host's stays untouched.
-	testenv.Start(t, cgroup.Cgroup{}, e.host.Command("containerd", "--config", config))
-	for i := 0; ; i++ {
-		out, err := e.crictl("version")
-		if err == nil {
-			break
-		}
-		if i == 200 {
-			t.Fatalf("containerd with CRI did not start: %v\n%s", err, out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	archive := filepath.Join(e.dir, "busybox.tar")
-	buildBusyboxArchive(t, archive)
-	if out, err := exec.Command("ctr", "--address", e.sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
-		t.Fatalf("ctr images import: %v\n%s", err, out)
-	}
+	e.Containerd = crienv.Start(t, e.host, crienv.Options{CNIConfDir: filepath.Join(e.dir, "net.d"), CNIBinDir: filepath.Join(e.dir, "bin"), Runtime: opts.runtime})
 	t.Cleanup(func() {
-		// Whatever a failed test left: pods go before containerd stops.
-		out, _ := e.crictl("pods", "-q")
-		for _, id := range strings.Fields(out) {
-			e.crictl("stopp", id)
-			e.crictl("rmp", id)
-		}
 		if t.Failed() {
 			t.Logf("plugin log:\n%s", readLog(e.logFile))
 		}
@@ -142,26 +81,16 @@ state = %q
 	return e
 }
 
-// crictl runs crictl against the test's containerd, in the host namespace
-// (exec streams through containerd's server on 127.0.0.1 there).
-func (e *criEnv) crictl(args ...string) (string, error) {
-	cmd := e.host.Command(append([]string{"/usr/local/bin/crictl", "--config", filepath.Join(e.dir, "crictl.yaml"), "--runtime-endpoint", "unix://" + e.sock, "--image-endpoint", "unix://" + e.sock, "--timeout", "60s"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
 func (e *criEnv) mustCrictl(args ...string) string {
 	e.t.Helper()
-	out, err := e.crictl(args...)
+	out, err := e.Crictl(args...)
 	if err != nil {
 		e.t.Fatalf("crictl %s: %v\n%s\nplugin log:\n%s", strings.Join(args, " "), err, out, readLog(e.logFile))
 	}
 	return out
 }
 
-// pod is a sandbox created as kubelet creates one: a UID, and the cgroup
-// parent /kubepods/besteffort/pod<UID>, made beforehand (kubelet's
-// cgroupfs layout).
+// pod is a sandbox created as kubelet creates one (crienv.PodConfig).
 type pod struct {
 	e      *criEnv
 	id     string
@@ -171,71 +100,10 @@ type pod struct {
 
 func (e *criEnv) runPod(name string, hostNetwork bool, annotations map[string]string) *pod {
 	e.t.Helper()
-	uid := "0c20" + testenv.Suffix() + "-0000-4000-8000-000000000020"
-	parent := "/kubepods/besteffort/pod" + uid
-	e.kubeletCgroup(parent)
-	network := 0 // POD
-	if hostNetwork {
-		network = 2 // NODE
-	}
-	p := &pod{e: e, uid: uid, config: filepath.Join(e.dir, name+"-pod.json")}
-	writeJSON(e.t, p.config, map[string]any{
-		"metadata":      map[string]any{"name": name, "namespace": "pc-test", "uid": uid, "attempt": 0},
-		"log_directory": filepath.Join(e.dir, "logs", name),
-		"annotations":   annotations,
-		"linux": map[string]any{
-			"cgroup_parent":    parent,
-			"security_context": map[string]any{"namespace_options": map[string]any{"network": network}},
-		},
-	})
+	p := &pod{e: e}
+	p.config, p.uid = e.PodConfig(name, hostNetwork, annotations)
 	p.id = e.mustCrictl("runp", p.config)
 	return p
-}
-
-// kubeletCgroup creates the pod's cgroup in the v2 hierarchy as kubelet
-// does before RunPodSandbox, and removes what is left of it in every
-// hierarchy at cleanup (runc makes the v1 ones).
-func (e *criEnv) kubeletCgroup(rel string) {
-	e.t.Helper()
-	mount, err := cgroup.Mount()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(mount, rel), 0o755); err != nil {
-		e.t.Fatal(err)
-	}
-	removeCgroupTree(e.t, "/kubepods")
-}
-
-// removeCgroupTree removes, at cleanup, the cgroup rel and everything
-// below it in every hierarchy (runtimes make the v1 ones); a cgroup still
-// in use (by another test's pod) stays. A runtime's monitor (conmon) may
-// take a moment to exit, so it tries for a few seconds.
-func removeCgroupTree(t *testing.T, rel string) {
-	t.Cleanup(func() {
-		roots, _ := filepath.Glob("/sys/fs/cgroup/*")
-		for try := 0; try < 50; try++ {
-			left := false
-			for _, root := range roots {
-				var dirs []string
-				filepath.WalkDir(filepath.Join(root, rel), func(path string, d os.DirEntry, err error) error {
-					if err == nil && d.IsDir() {
-						dirs = append(dirs, path)
-					}
-					return nil
-				})
-				for i := len(dirs) - 1; i >= 0; i-- {
-					if os.Remove(dirs[i]) != nil {
-						left = true
-					}
-				}
-			}
-			if !left {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	})
 }
 
 // container creates and starts an app container in the pod.
@@ -244,7 +112,7 @@ func (p *pod) container(name string, command ...string) string {
 	config := filepath.Join(p.e.dir, name+"-ctr.json")
 	writeJSON(p.e.t, config, map[string]any{
 		"metadata": map[string]any{"name": name},
-		"image":    map[string]any{"image": busyboxImage},
+		"image":    map[string]any{"image": crienv.BusyboxImage},
 		"command":  command,
 		"log_path": name + ".log",
 		"linux":    map[string]any{},
@@ -291,7 +159,7 @@ func (p *pod) inspect() (pid int, netns, ip string) {
 // must come with a failure.
 func (p *pod) execFails(cid string, argv ...string) string {
 	p.e.t.Helper()
-	out, err := p.e.crictl(append([]string{"exec", "-s", "--timeout", "10", cid}, argv...)...)
+	out, err := p.e.Crictl(append([]string{"exec", "-s", "--timeout", "10", cid}, argv...)...)
 	if err == nil {
 		p.e.t.Fatalf("crictl exec %s %v succeeded: %s", cid, argv, out)
 	}
@@ -365,7 +233,7 @@ func TestCRIPod(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	logs, _ := e.crictl("logs", second)
+	logs, _ := e.Crictl("logs", second)
 	if !strings.HasPrefix(status, "CONTAINER_EXITED") || !strings.Contains(logs, "bind: Operation not permitted") {
 		t.Fatalf("second container listening on %s: %s, logs %q; want it to exit with bind: Operation not permitted", criDenied, status, logs)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portcullis-net/portcullis/test/crienv"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
@@ -35,7 +36,7 @@ func newPodman(t *testing.T) *podmanEnv {
 	e := &podmanEnv{t: t, dir: t.TempDir(), host: testenv.NewNetNS(t), stateDir: testenv.StateDir(t), network: "pc-podman-" + testenv.Suffix()}
 	e.logFile = filepath.Join(e.dir, "portcullis.log")
 	e.cgroupParent = "/portcullis-test-podman-" + testenv.Suffix()
-	removeCgroupTree(t, e.cgroupParent)
+	crienv.RemoveCgroupTree(t, e.cgroupParent)
 	for _, sub := range []string{"net.d", "bin", "ipam", "hooks.d", "tmp"} {
 		os.MkdirAll(filepath.Join(e.dir, sub), 0o755)
 	}
@@ -78,11 +79,11 @@ hooks_dir = [%q]
 	e.env = append(os.Environ(), "CONTAINERS_CONF="+conf, "CONTAINERS_STORAGE_CONF="+storage)
 
 	archive := filepath.Join(e.dir, "busybox.tar")
-	buildBusyboxArchive(t, archive)
+	crienv.BuildBusyboxArchive(t, archive)
 	// podman names an OCI archive's image after its ref.name; the tests
 	// use the name the CRI tests use.
 	loaded := e.must("load", "-q", "-i", archive)
-	e.must("tag", strings.TrimSpace(loaded[strings.LastIndex(loaded, " ")+1:]), busyboxImage)
+	e.must("tag", strings.TrimSpace(loaded[strings.LastIndex(loaded, " ")+1:]), crienv.BusyboxImage)
 	t.Cleanup(func() {
 		e.podman("rm", "-a", "-f", "-t", "0")
 		if t.Failed() {
@@ -115,7 +116,7 @@ func (e *podmanEnv) must(args ...string) string {
 func TestPodmanCNI(t *testing.T) {
 	e := newPodman(t)
 	name := "pc-web-" + testenv.Suffix()
-	e.must("run", "-d", "--cgroup-parent", e.cgroupParent, "--name", name, "--network", e.network, busyboxImage, "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "podman")
+	e.must("run", "-d", "--cgroup-parent", e.cgroupParent, "--name", name, "--network", e.network, crienv.BusyboxImage, "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "podman")
 	list := cniAttachments(t, e.stateDir)
 	if len(list) != 1 || !list[0].KeyedByNetNS() || len(list[0].Policy.Addresses) != 1 {
 		t.Fatalf("attachments %+v, want one keyed by the container's namespace, with its address", list)
@@ -159,7 +160,7 @@ func TestPodmanHookHostNetwork(t *testing.T) {
 
 	name := "pc-hostweb-" + testenv.Suffix()
 	e.must("run", "-d", "--rm", "--cgroup-parent", e.cgroupParent, "--name", name, "--network", "host", "--annotation", "io.portcullis.policy-file="+policy,
-		busyboxImage, "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "hostpodman")
+		crienv.BusyboxImage, "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "hostpodman")
 	waitListeningOn(t, e.host, criPort, "127.0.20.2:"+criPort, "[::ffff:127.0.20.2]:"+criPort)
 	list := cniAttachments(t, e.stateDir)
 	if len(list) != 1 || list[0].Owner != "oci-hook" || list[0].KeyedByNetNS() {

@@ -1,4 +1,8 @@
-package e2e
+// Package crienv runs containerd with its CRI plugin for the tests and
+// benchmarks, as kubelet would use it: a containerd of the test's own in a
+// test-made "host" network namespace, a locally built busybox image (there
+// is no registry), crictl, and pods in kubelet's cgroup layout.
+package crienv
 
 import (
 	"archive/tar"
@@ -12,19 +16,19 @@ import (
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
-// busyboxImage is the name of the image buildBusyboxArchive makes: there
+// BusyboxImage is the name of the image BuildBusyboxArchive makes: there
 // is no registry here, so the CRI tests import it (also as the sandbox
 // image) with ctr -n k8s.io images import.
-const busyboxImage = "docker.io/portcullis/busybox:test"
+const BusyboxImage = "docker.io/portcullis/busybox:test"
 
 // busyboxApplets are linked in /bin of the image.
 var busyboxApplets = []string{"sh", "nc", "sleep", "echo", "wget", "httpd", "cat", "ls"}
 
-// buildBusyboxArchive writes an OCI image layout archive (the format `ctr
+// BuildBusyboxArchive writes an OCI image layout archive (the format `ctr
 // images import` reads) of one uncompressed layer holding busybox-static
 // and its applets. Its default command sleeps, so it serves as the pod
 // sandbox ("pause") image too.
-func buildBusyboxArchive(t *testing.T, path string) {
+func BuildBusyboxArchive(t testing.TB, path string) {
 	t.Helper()
 	busybox, err := os.ReadFile(testenv.RequireCommand(t, "busybox", "busybox-static"))
 	if err != nil {
@@ -71,7 +75,7 @@ func buildBusyboxArchive(t *testing.T, path string) {
 		"manifests": []any{map[string]any{
 			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifestDigest, "size": manifestSize,
 			"platform":    map[string]string{"architecture": "amd64", "os": "linux"},
-			"annotations": map[string]string{"io.containerd.image.name": busyboxImage, "org.opencontainers.image.ref.name": "test"},
+			"annotations": map[string]string{"io.containerd.image.name": BusyboxImage, "org.opencontainers.image.ref.name": "test"},
 		}},
 	})
 
