@@ -83,7 +83,7 @@ state = %q
   SystemdCgroup = false
 `, filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"), c.Sock, filepath.Join(c.Dir, "opt"),
 		cri, BusyboxImage, cri, opts.CNIBinDir, opts.CNIConfDir, cri, cri, opts.Runtime, cri)), 0o644)
-	testenv.Start(t, cgroup.Cgroup{}, host.Command("containerd", "--config", config))
+	testenv.Start(t, cgroup.Cgroup{}, host.Command(PrivateVarLib(t, c.Dir, "containerd", "--config", config)...))
 	for i := 0; ; i++ {
 		out, err := c.Crictl("version")
 		if err == nil {
@@ -183,4 +183,24 @@ func RemoveCgroupTree(t testing.TB, rel string) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
+}
+
+// varLibWrapper runs a command in a private mount namespace where /var/lib
+// is overlaid with a folder of the test's: the CNI result cache that
+// libcni keeps in /var/lib/cni (containerd's CRI, podman) stays out of the
+// host's. Mounts made inside (a sandbox's network namespace under the
+// state dir) are not seen outside: use /proc/PID/ns/net there.
+const varLibWrapper = `set -e
+T="$1"; shift
+mkdir -p "$T/upper" "$T/work"
+mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$T/upper,workdir=$T/work" /var/lib
+exec "$@"
+`
+
+// PrivateVarLib returns the command line that runs argv under
+// varLibWrapper, with its overlay in dir.
+func PrivateVarLib(t testing.TB, dir string, argv ...string) []string {
+	t.Helper()
+	testenv.RequireCommand(t, "unshare", "util-linux")
+	return append([]string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", varLibWrapper, "sh", filepath.Join(dir, "varlib")}, argv...)
 }

@@ -213,7 +213,8 @@ func TestCRIPod(t *testing.T) {
 	// The app container: a server on the allowed port, bound to the
 	// wildcard, is pinned to the pod's IP and reachable from the host.
 	app := p.container("app", "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "app")
-	podNS := &testenv.NetNS{Path: netns}
+	// The namespace is mounted in containerd's private mount namespace.
+	podNS := &testenv.NetNS{Path: fmt.Sprintf("/proc/%d/ns/net", pid)}
 	waitListeningOn(t, podNS, criPort, ip+":"+criPort, "[::ffff:"+ip+"]:"+criPort)
 	out, _ := e.host.Command(e.probe, "connect", "-addr", ip+":"+criPort).Output()
 	if r := testenv.ParseProbe(t, strings.TrimSpace(string(out))); !r.OK || r.Reply != "app" {

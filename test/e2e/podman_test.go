@@ -6,11 +6,13 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/test/crienv"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
@@ -27,6 +29,10 @@ type podmanEnv struct {
 	network  string
 	// cgroupParent holds the containers' and conmon's cgroups.
 	cgroupParent string
+	// mountNS is where every podman command runs: one private mount
+	// namespace (crienv.PrivateVarLib), so that the network namespaces
+	// podman mounts there stay visible to its later commands.
+	mountNS string
 }
 
 func newPodman(t *testing.T) *podmanEnv {
@@ -77,6 +83,19 @@ hooks_dir = [%q]
 	os.WriteFile(storage, []byte(fmt.Sprintf("[storage]\ndriver = \"vfs\"\ngraphroot = %q\nrunroot = %q\n",
 		filepath.Join(e.dir, "graph"), filepath.Join(e.dir, "run"))), 0o644)
 	e.env = append(os.Environ(), "CONTAINERS_CONF="+conf, "CONTAINERS_STORAGE_CONF="+storage)
+	holder := testenv.Start(t, cgroup.Cgroup{}, exec.Command("unshare", crienv.PrivateVarLib(t, e.dir, "sleep", "1000000")[1:]...))
+	e.mountNS = fmt.Sprintf("/proc/%d/ns/mnt", holder.Cmd.Process.Pid)
+	for i := 0; ; i++ {
+		// unshare and sh exec in place: the overlay is mounted once the
+		// process is sleep.
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", holder.Cmd.Process.Pid)); strings.HasPrefix(string(cmdline), "sleep") {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("the mount namespace for podman was not made: %s", holder.Stderr())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	archive := filepath.Join(e.dir, "busybox.tar")
 	crienv.BuildBusyboxArchive(t, archive)
@@ -94,7 +113,7 @@ hooks_dir = [%q]
 }
 
 func (e *podmanEnv) podman(args ...string) (string, error) {
-	cmd := e.host.Command(append([]string{"podman"}, args...)...)
+	cmd := exec.Command("nsenter", append([]string{"--mount=" + e.mountNS, "--net=" + e.host.Path, "podman"}, args...)...)
 	cmd.Env = e.env
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
@@ -125,7 +144,10 @@ func TestPodmanCNI(t *testing.T) {
 	if !strings.HasPrefix(ip, "10.20.1.") {
 		t.Fatalf("container address %s, want one of 10.20.1.0/24", ip)
 	}
-	netns := &testenv.NetNS{Path: list[0].NetNS}
+	// podman's namespace is mounted in its private mount namespace.
+	var pid int
+	fmt.Sscan(e.must("inspect", "-f", "{{.State.Pid}}", name), &pid)
+	netns := &testenv.NetNS{Path: fmt.Sprintf("/proc/%d/ns/net", pid)}
 	waitListeningOn(t, netns, criPort, ip+":"+criPort, "[::ffff:"+ip+"]:"+criPort)
 	out, err := e.podman("exec", name, "/bin/nc", "-l", "-p", criDenied)
 	if err == nil || !strings.Contains(out, "bind: Operation not permitted") {
