@@ -1,7 +1,7 @@
 package state
 
 import (
-	"encoding/json"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -213,11 +213,11 @@ func (s *State) attachTarget(req *AttachRequest) (cgroup.Cgroup, error) {
 
 // record writes an attachment's record and brings the services up to date:
 // the last steps of Attach.
-func (s *State) record(a *Attachment, record *bpfobj.PortcullisRecord, undo *undoStack) error {
-	if err := s.put(s.records, recordKey(a.ID), record); err != nil {
+func (s *State) record(a *Attachment, r *record, undo *undoStack) error {
+	if err := s.putRecord(a.ID, r); err != nil {
 		return err
 	}
-	undo.push(func() { s.records.Delete(recordKey(a.ID)) })
+	undo.push(func() { s.deleteRecord(a.ID) })
 	key := policyKey(a)
 	if err := s.put(s.index, &key, recordKey(a.ID)); err != nil {
 		return err
@@ -253,7 +253,7 @@ func (s *State) Detach(id string) error {
 	if err := s.forgetGuards(a); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
-	if err := s.records.Delete(recordKey(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := s.deleteRecord(id); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	if err := s.unindex(policyKey(a), id); err != nil {
@@ -279,7 +279,7 @@ func (s *State) Get(id string) (*Attachment, error) {
 		}
 		return nil, err
 	}
-	return decodeRecord(&rec)
+	return s.decodeRecord(id, &rec)
 }
 
 // Attachments lists every attachment, sorted by id.
@@ -291,7 +291,7 @@ func (s *State) Attachments() ([]Attachment, error) {
 	)
 	iter := s.records.Iterate()
 	for iter.Next(&key, &rec) {
-		a, err := decodeRecord(&rec)
+		a, err := s.decodeRecord(string(bytes.TrimRight(key.Id[:], "\x00")), &rec)
 		if err != nil {
 			return nil, err
 		}
@@ -394,38 +394,6 @@ func recordKey(id string) *bpfobj.PortcullisAttachmentId {
 	var key bpfobj.PortcullisAttachmentId
 	copy(key.Id[:], id)
 	return &key
-}
-
-func encodeRecord(a *Attachment) (*bpfobj.PortcullisRecord, error) {
-	data, err := json.Marshal(a)
-	if err != nil {
-		return nil, err
-	}
-	var rec bpfobj.PortcullisRecord
-	if len(data) > len(rec.Data) {
-		data = compressRecord(data) // long egress rule lists
-	}
-	if len(data) > len(rec.Data) {
-		return nil, fmt.Errorf("policy too large: the attachment record is %d bytes, at most %d fit", len(data), len(rec.Data))
-	}
-	rec.Len = uint32(len(data))
-	copy(rec.Data[:], data)
-	return &rec, nil
-}
-
-func decodeRecord(rec *bpfobj.PortcullisRecord) (*Attachment, error) {
-	if int(rec.Len) > len(rec.Data) {
-		return nil, errors.New("corrupt attachment record")
-	}
-	var a Attachment
-	data, err := expandRecord(rec.Data[:rec.Len])
-	if err != nil {
-		return nil, fmt.Errorf("corrupt attachment record: %w", err)
-	}
-	if err := json.Unmarshal(data, &a); err != nil {
-		return nil, fmt.Errorf("corrupt attachment record: %w", err)
-	}
-	return &a, nil
 }
 
 // undoStack collects the steps that reverse a partly done change.

@@ -1,10 +1,7 @@
 package state
 
 import (
-	"bytes"
-	"compress/gzip"
 	"fmt"
-	"io"
 
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
 	"github.com/portcullis-net/portcullis/pkg/egress"
@@ -22,7 +19,7 @@ func (s *State) syncGuards(a *Attachment, old *policy.Policy) error {
 		return err
 	}
 	defer em.Close()
-	if err := em.Set(a.CgroupID, old, &a.Policy); err != nil {
+	if err := em.Set(policyKey(a), old, &a.Policy); err != nil {
 		return err
 	}
 	lm, err := limits.Open(s.dir)
@@ -30,7 +27,7 @@ func (s *State) syncGuards(a *Attachment, old *policy.Policy) error {
 		return err
 	}
 	defer lm.Close()
-	return lm.Set(a.CgroupID, a.Policy.ConnectionLimits)
+	return lm.Set(policyKey(a), a.Policy.ConnectionLimits)
 }
 
 // forgetGuards removes a's caps, counters, rules and group membership.
@@ -40,7 +37,7 @@ func (s *State) forgetGuards(a *Attachment) error {
 		return err
 	}
 	defer em.Close()
-	if err := em.Set(a.CgroupID, &a.Policy, nil); err != nil {
+	if err := em.Set(policyKey(a), &a.Policy, nil); err != nil {
 		return err
 	}
 	lm, err := limits.Open(s.dir)
@@ -48,8 +45,12 @@ func (s *State) forgetGuards(a *Attachment) error {
 		return err
 	}
 	defer lm.Close()
-	return lm.Forget(a.CgroupID)
+	return lm.Forget(policyKey(a))
 }
+
+// PolicyKey is the key of the attachment's entries in the per-container
+// maps: what current_policy() returns in the programs.
+func (a *Attachment) PolicyKey() uint64 { return policyKey(a) }
 
 // Usage returns what an attachment holds against its connection caps (nil
 // without caps).
@@ -59,7 +60,7 @@ func (s *State) Usage(a *Attachment) (*limits.Usage, error) {
 		return nil, err
 	}
 	defer lm.Close()
-	return lm.Usage(a.CgroupID)
+	return lm.Usage(policyKey(a))
 }
 
 // SetPolicy replaces an attachment's policy in place, without detaching:
@@ -94,7 +95,7 @@ func (s *State) replacePolicy(old, next *Attachment) error {
 	if err != nil {
 		return err
 	}
-	was, now := compile(old.CgroupID, &old.Policy), compile(next.CgroupID, &next.Policy)
+	was, now := compile(policyKey(old), &old.Policy), compile(policyKey(next), &next.Policy)
 	for _, e := range now.portmaps {
 		if err := s.put(s.portmaps, &e.key, &e.value); err != nil {
 			return err
@@ -105,13 +106,14 @@ func (s *State) replacePolicy(old, next *Attachment) error {
 			s.portmaps.Delete(&e.key)
 		}
 	}
-	if err := s.put(s.policies, &next.CgroupID, &now.policy); err != nil {
+	key := policyKey(next)
+	if err := s.put(s.policies, &key, &now.policy); err != nil {
 		return err
 	}
 	if err := s.syncGuards(next, &old.Policy); err != nil {
 		return err
 	}
-	if err := s.put(s.records, recordKey(next.ID), record); err != nil {
+	if err := s.putRecord(next.ID, record); err != nil {
 		return err
 	}
 	var names []string
@@ -135,36 +137,4 @@ func hasPortmap(list []portmapEntry, key bpfobj.PortcullisPortmapKey) bool {
 		}
 	}
 	return false
-}
-
-// A record larger than the kernel's record value is stored gzipped: a
-// policy with a thousand egress rules is mostly repetition. JSON never
-// starts with gzip's magic bytes, so the two forms are told apart.
-func compressRecord(data []byte) []byte {
-	var buf bytes.Buffer
-	w, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	w.Write(data)
-	w.Close()
-	return buf.Bytes()
-}
-
-// maxRecord bounds what a gzipped record may expand to.
-const maxRecord = 4 << 20
-
-func expandRecord(data []byte) ([]byte, error) {
-	if len(data) < 2 || data[0] != 0x1f || data[1] != 0x8b {
-		return data, nil
-	}
-	r, err := gzip.NewReader(bytes.NewReader(data))
-	if err != nil {
-		return nil, err
-	}
-	out, err := io.ReadAll(io.LimitReader(r, maxRecord+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(out) > maxRecord {
-		return nil, fmt.Errorf("expands beyond %d bytes", maxRecord)
-	}
-	return out, nil
 }

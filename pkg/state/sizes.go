@@ -15,7 +15,7 @@ import (
 // loaded. A zero field keeps the default of bpf/. docs/scale.md says what
 // each map costs.
 type Sizes struct {
-	// Containers: attachments (policies, records, the index) and port
+	// Containers: attachments (policies, records, the index, connection caps) and port
 	// mapping entries (two per mapping). Default 65536.
 	Containers uint32
 	// Backends: service backend slots (svc_backends). Default 131072.
@@ -48,7 +48,7 @@ func (z Sizes) maps() []struct {
 		n     uint32
 		names []string
 	}{
-		{"containers", z.Containers, []string{bpfobj.PortcullisMapPolicies, bpfobj.PortcullisMapPortmaps, bpfobj.PortcullisMapAttachments}},
+		{"containers", z.Containers, []string{bpfobj.PortcullisMapPolicies, bpfobj.PortcullisMapPortmaps, bpfobj.PortcullisMapAttachments, bpfobj.PortcullisMapLimits}},
 		{"backends", z.Backends, []string{bpfobj.PortcullisMapSvcBackends}},
 		{"frontends", z.Frontends, []string{bpfobj.PortcullisMapSvcFrontends}},
 		{"sockets", z.Sockets, []string{bpfobj.PortcullisMapSvcRegistry, bpfobj.PortcullisMapSvcListeners}},

@@ -55,6 +55,8 @@ type State struct {
 	index    *ebpf.Map
 	// programTable lists the cgroup programs (programs.go).
 	programTable *ebpf.Map
+	// chunks continue long records (records.go).
+	chunks *ebpf.Map
 }
 
 // Dir is the state directory.
@@ -126,6 +128,14 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 	defer index.Close()
 	if err := index.Pin(filepath.Join(tmp, "maps", indexMapName)); err != nil {
 		return false, fmt.Errorf("pin map %s: %w", indexMapName, err)
+	}
+	chunks, err := ebpf.NewMap(chunksSpec(spec.Maps[bpfobj.PortcullisMapAttachments].MaxEntries))
+	if err != nil {
+		return false, fmt.Errorf("create record chunks: %w", err)
+	}
+	defer chunks.Close()
+	if err := chunks.Pin(filepath.Join(tmp, "maps", chunksMapName)); err != nil {
+		return false, fmt.Errorf("pin map %s: %w", chunksMapName, err)
 	}
 	table, err := ebpf.NewMap(programsSpec())
 	if err != nil {
@@ -201,12 +211,15 @@ func (s *State) openObjects() error {
 		}
 		*dst = m
 	}
+	// A state loaded before long records has no chunk map: its records
+	// are all short.
+	s.chunks, _ = ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", chunksMapName), nil)
 	return nil
 }
 
 // Close releases the objects and the lock.
 func (s *State) Close() {
-	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.programTable} {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.programTable, s.chunks} {
 		if m != nil {
 			m.Close()
 		}

@@ -48,7 +48,7 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 	if err != nil {
 		return nil, nil, err
 	}
-	consts := map[string]any{"target_cgroup": a.CgroupID, "target_owner": a.CgroupID, "dry_run": uint8(0)}
+	consts := map[string]any{"target_cgroup": a.CgroupID, "target_owner": a.PolicyKey(), "dry_run": uint8(0)}
 	if dryRun {
 		consts["dry_run"] = uint8(1)
 	}
