@@ -18,9 +18,7 @@
  *   - its cgroup, or one of its ancestors, has a policy: it belongs to an
  *     attached container. Host processes are never touched.
  */
-#include "common.h"
-#include <bpf/bpf_core_read.h>
-#include "kernel.h"
+#include "sockiter.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -57,41 +55,8 @@ struct {
 	__type(value, __u8);
 } targets SEC(".maps");
 
-#define TERM_EVENT_SOCKET 1
-#define TERM_EVENT_SUMMARY 2
-
-/* One line of the iterator's output, read by pkg/terminate. */
-struct term_event {
-	__u32 kind;
-	__s32 result; /* bpf_sock_destroy's return; 0 in a dry run */
-	__u32 peer[4];
-	__u32 local[4];
-	__u16 peer_port;  /* host byte order */
-	__u16 local_port; /* host byte order */
-	__u8 protocol;
-	__u8 state;
-	__u16 pad;
-	__u32 family;
-	__u32 pad2;
-	__u64 cgroup_id;   /* the attached cgroup that holds the policy */
-	__u64 scanned;     /* summary: sockets the iterator walked */
-};
-
 /* Keeps the type in BTF so bpf2go generates its Go mirror. */
 const struct term_event *unused_term_event __attribute__((unused));
-
-static __always_inline void address_of(struct sock_common *skc, bool peer, __u32 out[4])
-{
-	if (skc->skc_family == AF_INET) {
-		out[0] = 0;
-		out[1] = 0;
-		out[2] = bpf_htonl(0x0000ffff);
-		out[3] = peer ? skc->skc_daddr : skc->skc_rcv_saddr;
-		return;
-	}
-	for (int i = 0; i < 4; i++)
-		out[i] = peer ? skc->skc_v6_daddr.in6_u.u6_addr32[i] : skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
-}
 
 /* target_action returns what to do with the socket: TERM_DESTROY,
  * TERM_LIST, or 0 when its peer is no target. */
@@ -148,24 +113,9 @@ static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_co
 	ev.cgroup_id = attached_cgroup(sk);
 	if (!ev.cgroup_id)
 		return;
-	ev.family = skc->skc_family;
-	ev.state = skc->skc_state;
-	address_of(skc, true, ev.peer);
-	address_of(skc, false, ev.local);
-	ev.peer_port = bpf_ntohs(skc->skc_dport);
-	ev.local_port = skc->skc_num;
+	term_socket(&ev, skc);
 	if (action == TERM_DESTROY)
 		ev.result = bpf_sock_destroy(skc);
-	bpf_seq_write(meta->seq, &ev, sizeof(ev));
-}
-
-static __always_inline void summary(struct bpf_iter_meta *meta, __u8 protocol)
-{
-	struct term_event ev = {.kind = TERM_EVENT_SUMMARY, .protocol = protocol};
-
-	/* In the final call seq_num is the index of the last socket shown
-	 * (-1 when there was none). */
-	ev.scanned = meta->seq_num + 1;
 	bpf_seq_write(meta->seq, &ev, sizeof(ev));
 }
 
@@ -173,22 +123,15 @@ SEC("iter/tcp")
 int terminate_tcp(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	struct tcp_sock *tp;
-	__u8 state;
+	struct sock *sk;
 
 	if (!skc) {
 		summary(ctx->meta, IPPROTO_TCP);
 		return 0;
 	}
-	/* Time-wait and request sockets are not full sockets: they have no
-	 * cgroup, and nothing in them waits on the backend. */
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp)
-		return 0;
-	state = skc->skc_state;
-	if (state == TCP_LISTEN || state == TCP_CLOSE)
-		return 0;
-	terminate(ctx->meta, skc, (struct sock *)tp, IPPROTO_TCP);
+	sk = tcp_with_peer(skc);
+	if (sk)
+		terminate(ctx->meta, skc, sk, IPPROTO_TCP);
 	return 0;
 }
 
@@ -201,9 +144,7 @@ int terminate_udp(struct bpf_iter__udp *ctx)
 		summary(ctx->meta, IPPROTO_UDP);
 		return 0;
 	}
-	/* Only a connected UDP socket has a peer to lose. */
-	if (sk->__sk_common.skc_state != TCP_ESTABLISHED)
-		return 0;
-	terminate(ctx->meta, &sk->__sk_common, sk, IPPROTO_UDP);
+	if (udp_with_peer(sk))
+		terminate(ctx->meta, &sk->__sk_common, sk, IPPROTO_UDP);
 	return 0;
 }

@@ -3,7 +3,6 @@ package egress
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -24,18 +23,13 @@ type Maps struct {
 // holds the state's lock.
 func Open(dir string) (*Maps, error) {
 	m := &Maps{}
-	for name, dst := range map[string]**ebpf.Map{
+	if err := bpfobj.OpenPinned(dir, map[string]**ebpf.Map{
 		bpfobj.PortcullisMapEgressRules:  &m.rules,
 		bpfobj.PortcullisMapGroupMembers: &m.members,
 		bpfobj.PortcullisMapGroupBits:    &m.bits,
 		bpfobj.PortcullisMapGroupRefs:    &m.refs,
-	} {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", name), nil)
-		if err != nil {
-			m.Close()
-			return nil, fmt.Errorf("open pinned map %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
-		}
-		*dst = mp
+	}); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

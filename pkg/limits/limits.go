@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"sort"
 	"time"
 
@@ -31,17 +30,12 @@ type Maps struct {
 // Open opens the maps pinned in the state directory dir.
 func Open(dir string) (*Maps, error) {
 	m := &Maps{}
-	for name, dst := range map[string]**ebpf.Map{
+	if err := bpfobj.OpenPinned(dir, map[string]**ebpf.Map{
 		bpfobj.PortcullisMapLimits:     &m.limits,
 		bpfobj.PortcullisMapConnCounts: &m.counts,
 		bpfobj.PortcullisMapConnSlots:  &m.slots,
-	} {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", name), nil)
-		if err != nil {
-			m.Close()
-			return nil, fmt.Errorf("open pinned map %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
-		}
-		*dst = mp
+	}); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -1,9 +1,7 @@
 package terminate
 
 import (
-	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -26,18 +24,7 @@ func Denied(s *state.State, a *state.Attachment, dryRun bool) (*Report, error) {
 	defer coll.Close()
 	defer p.close()
 	report := &Report{DryRun: dryRun, Targets: []string{"egress-denied peers of " + a.ID}}
-	var errs []error
-	for _, path := range namespaces([]string{a.NetNS}) {
-		n, err := p.scanNetNS(path)
-		if err != nil {
-			n.Error = err.Error()
-			errs = append(errs, fmt.Errorf("netns %s: %w", n.NetNS, err))
-		}
-		report.Namespaces = append(report.Namespaces, n)
-		report.Matched += n.Matched
-		report.Destroyed += n.Destroyed
-	}
-	return report, errors.Join(errs...)
+	return report, p.scanAll(namespaces([]string{a.NetNS}), report)
 }
 
 // loadDenied loads bpf/egress_terminate.c for one attachment. Unlike the
@@ -57,14 +44,20 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 			return nil, nil, fmt.Errorf("egress termination %s: %w", name, err)
 		}
 	}
+	// The programs read the pinned egress maps.
+	names := []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits}
+	pinned := make([]*ebpf.Map, len(names))
+	dst := map[string]**ebpf.Map{}
+	for i, name := range names {
+		dst[name] = &pinned[i]
+	}
+	if err := bpfobj.OpenPinned(stateDir, dst); err != nil {
+		return nil, nil, err
+	}
 	replace := map[string]*ebpf.Map{}
-	for _, name := range []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(stateDir, "maps", name), nil)
-		if err != nil {
-			return nil, nil, fmt.Errorf("open pinned map %s: %w", name, err)
-		}
-		defer m.Close() // the collection holds its own reference
-		replace[name] = m
+	for i, name := range names {
+		replace[name] = pinned[i]
+		defer pinned[i].Close() // the collection holds its own reference
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
 	if err != nil {

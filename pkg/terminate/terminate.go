@@ -140,10 +140,16 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 		return nil, err
 	}
 	defer prog.close()
+	return report, prog.scanAll(namespaces(netnsPaths), report)
+}
 
+// scanAll runs the iterators in each namespace and adds what they found to
+// report. A namespace that fails is reported and the others are still
+// scanned; the error then names every failure.
+func (p *programs) scanAll(paths []string, report *Report) error {
 	var errs []error
-	for _, path := range namespaces(netnsPaths) {
-		n, err := prog.scanNetNS(path)
+	for _, path := range paths {
+		n, err := p.scanNetNS(path)
 		if err != nil {
 			n.Error = err.Error()
 			errs = append(errs, fmt.Errorf("netns %s: %w", n.NetNS, err))
@@ -152,7 +158,7 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 		report.Matched += n.Matched
 		report.Destroyed += n.Destroyed
 	}
-	return report, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 func (t Target) validate() error {

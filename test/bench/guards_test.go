@@ -2,13 +2,10 @@ package bench
 
 import (
 	"fmt"
-	"net"
 	"sort"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/test/testenv"
@@ -35,21 +32,7 @@ func guardedPolicy() string {
 // 1.15). The sides alternate in blocks of 20 connects, so load on the
 // machine hits them alike.
 func BenchmarkConnectGuarded(b *testing.B) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	op := connectLoopback(b)
 	dir := testenv.StateDir(b)
 	sides := []struct {
 		name string
@@ -70,16 +53,7 @@ func BenchmarkConnectGuarded(b *testing.B) {
 
 	connect := func() time.Duration {
 		start := time.Now()
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		// Close with RST so thousands of connections leave no TIME_WAIT.
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-		if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil {
-			b.Fatal(err)
-		}
-		unix.Close(fd)
+		op(b)
 		return time.Since(start)
 	}
 	const block = 20
