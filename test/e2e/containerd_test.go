@@ -58,23 +58,7 @@ func TestContainerdCNI(t *testing.T) {
 	host := testenv.NewNetNS(t)
 	sock, ctr := startContainerd(t)
 
-	// The CNI folders ctr will see.
-	dir := t.TempDir()
-	for _, sub := range []string{"net.d", "bin", "ipam"} {
-		os.MkdirAll(filepath.Join(dir, sub), 0o755)
-	}
-	for _, p := range []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", plugin} {
-		if err := os.Symlink(p, filepath.Join(dir, "bin", filepath.Base(p))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	network := "pc-ctrd-" + testenv.Suffix()
-	logFile := filepath.Join(dir, "portcullis.log")
-	writeConflist(t, filepath.Join(dir, "net.d", "10-portcullis.conflist"), network, stateDir, logFile, filepath.Join(dir, "ipam"))
-	wrapper := filepath.Join(dir, "ctr-cni")
-	if err := os.WriteFile(wrapper, []byte(ctrCNIWrapper), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, network, logFile, wrapper := ctrCNIFolders(t, stateDir, plugin, nil)
 
 	// The container: busybox-static answering its id on port 24601.
 	rootfs := filepath.Join(dir, "rootfs")
@@ -186,6 +170,38 @@ func TestContainerdCNI(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ctrCNIFolders makes the CNI folders ctr will see (net.d with the
+// conflist, bin with the plugins, ipam) and the wrapper that mounts them;
+// policy, when set, replaces the conflist's portcullis policy.
+func ctrCNIFolders(t *testing.T, stateDir, plugin string, policy map[string]any) (dir, network, logFile, wrapper string) {
+	t.Helper()
+	dir = t.TempDir()
+	for _, sub := range []string{"net.d", "bin", "ipam"} {
+		os.MkdirAll(filepath.Join(dir, sub), 0o755)
+	}
+	for _, p := range []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", plugin} {
+		if err := os.Symlink(p, filepath.Join(dir, "bin", filepath.Base(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	network = "pc-ctrd-" + testenv.Suffix()
+	logFile = filepath.Join(dir, "portcullis.log")
+	conflist := filepath.Join(dir, "net.d", "10-portcullis.conflist")
+	writeConflist(t, conflist, network, stateDir, logFile, filepath.Join(dir, "ipam"))
+	if policy != nil {
+		var list map[string]any
+		readJSON(t, conflist, &list)
+		plugins := list["plugins"].([]any)
+		plugins[len(plugins)-1].(map[string]any)["policy"] = policy
+		writeJSON(t, conflist, list)
+	}
+	wrapper = filepath.Join(dir, "ctr-cni")
+	if err := os.WriteFile(wrapper, []byte(ctrCNIWrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, network, logFile, wrapper
 }
 
 // writeConflist writes conf/bridge-portcullis.conflist with the test's
