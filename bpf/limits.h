@@ -7,10 +7,11 @@
  * Counting follows the socket's real lifecycle, never a timer:
  *   - connect4/6 takes a slot and remembers, keyed by the socket's cookie
  *     (conn_slots), which counters it took;
- *   - the slot is given back when the socket is closed (cgroup/sock_release),
- *     when a TCP connection reaches TCP_CLOSE (refused, reset, finished:
- *     sock_ops state callback), or when a UDP socket or a failed TCP socket
- *     connects again.
+ *   - the slot is given back when the socket is closed (cgroup/sock_release)
+ *     or when a TCP connection reaches TCP_CLOSE (refused, reset, finished:
+ *     sock_ops state callback);
+ *   - a UDP socket that connects elsewhere moves its slot: it takes one for
+ *     the new destination, then gives the old one back.
  * A slot is given back once: its `counted` flag is exchanged. (A hash map
  * rather than socket-local storage: creating local storage for every
  * socket cost a few microseconds per connect; a hash element costs little.)
@@ -132,6 +133,12 @@ static __always_inline void limits_release(__u64 cookie)
 	bpf_map_delete_elem(&conn_slots, &cookie);
 }
 
+static __always_inline bool keys_equal(const struct conn_key *a, const struct conn_key *b)
+{
+	return a->port == b->port && a->protocol == b->protocol && a->addr[0] == b->addr[0] &&
+	       a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
+}
+
 /* limits_connect is the hook of connect4/6, after egress: it takes a slot
  * for the destination or fails the connect with EAGAIN. */
 static __always_inline int limits_connect(struct bpf_sock_addr *ctx, __u64 owner, bool v6)
@@ -140,6 +147,7 @@ static __always_inline int limits_connect(struct bpf_sock_addr *ctx, __u64 owner
 	struct conn_key key = {.owner = owner}, total = {.owner = owner};
 	struct bpf_sock *sk = ctx->sk;
 	struct conn_slot fresh = {}, *slot;
+	bool moving;
 	__u64 cookie;
 
 	if (!lim || !sk)
@@ -150,21 +158,31 @@ static __always_inline int limits_connect(struct bpf_sock_addr *ctx, __u64 owner
 	 * or EALREADY from the kernel: it keeps the slot it has. */
 	if (ctx->protocol == IPPROTO_TCP && sk->state != TCP_STATE_CLOSE)
 		return SYSCALL_ALLOW;
-	cookie = bpf_get_socket_cookie(ctx);
-	/* A UDP socket connecting elsewhere, or a TCP socket trying again
-	 * after a failed connect, gives back what it held first. */
-	slot = bpf_map_lookup_elem(&conn_slots, &cookie);
-	if (slot)
-		limits_give_slot(slot);
-
 	egress_dst(ctx, v6, key.addr);
 	key.port = bpf_ntohs(ctx->user_port);
 	key.protocol = ctx->protocol;
+	cookie = bpf_get_socket_cookie(ctx);
+	/* A socket that holds a slot already (a UDP socket connecting again,
+	 * or the same connect seen by the programs of nested attachments)
+	 * moves it: the same destination keeps it, another takes a slot there
+	 * first and gives the old one back after, so a refused move leaves the
+	 * socket as counted as it still is connected. The total is unchanged. */
+	slot = bpf_map_lookup_elem(&conn_slots, &cookie);
+	moving = slot && slot->counted && slot->generation == lim->generation;
+	if (moving && keys_equal(&slot->key, &key))
+		return SYSCALL_ALLOW;
 	if (!limits_take(&key, lim->per_destination))
-		goto drop;
-	if (!limits_take(&total, lim->total)) {
+		goto refuse;
+	if (!moving && !limits_take(&total, lim->total)) {
 		limits_give(&key, true);
-		goto drop;
+		goto refuse;
+	}
+	if (moving) {
+		if (__sync_lock_test_and_set(&slot->counted, 0))
+			limits_give(&slot->key, true);
+		else
+			/* released meanwhile, with its total: count this one */
+			limits_take(&total, 0);
 	}
 	fresh.key = key;
 	fresh.generation = lim->generation;
@@ -173,12 +191,11 @@ static __always_inline int limits_connect(struct bpf_sock_addr *ctx, __u64 owner
 		/* The map is full: the slot could never be given back. */
 		limits_give(&key, true);
 		limits_give(&total, false);
-		goto drop;
+		bpf_set_retval(-EAGAIN);
+		return SYSCALL_DENY;
 	}
 	return SYSCALL_ALLOW;
-drop:
-	/* An old slot was given back above: the socket holds none now. */
-	bpf_map_delete_elem(&conn_slots, &cookie);
+refuse:
 	bpf_set_retval(-EAGAIN);
 	return SYSCALL_DENY;
 }

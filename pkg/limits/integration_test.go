@@ -132,3 +132,30 @@ func TestConnectedUDPCounted(t *testing.T) {
 		t.Errorf("usage = %+v, want 2 live udp", u)
 	}
 }
+
+// A UDP socket that connects elsewhere moves its slot; a move to a
+// destination at its cap is refused and the socket keeps the slot it has.
+func TestConnectedUDPMoves(t *testing.T) {
+	guardtest.ListenUDP(t, "127.13.0.5:13005")
+	guardtest.ListenUDP(t, "127.13.0.6:13005")
+	dir, _, p := attach(t, `{"connectionLimits": {"perDestination": 1, "total": 2}}`)
+	s1 := p.Connect(t, "udp", "127.13.0.5:13005", "")
+	if r := p.Do(t, "reconnect %d 127.13.0.6:13005", s1); !r.OK {
+		t.Fatalf("moving to a free destination: %+v", r)
+	}
+	s2 := p.Connect(t, "udp", "127.13.0.5:13005", "") // freed by the move
+	if r := p.Do(t, "reconnect %d 127.13.0.6:13005", s2); r.Errno != "EAGAIN" {
+		t.Fatalf("moving to a destination at its cap: %+v, want EAGAIN", r)
+	}
+	p.Connect(t, "udp", "127.13.0.5:13005", "EAGAIN") // s2 still holds it
+	if u := usage(t, dir); u.Live != 2 || len(u.Destinations) != 2 {
+		t.Errorf("usage = %+v, want one socket on each destination", u)
+	}
+	// Connecting again to the same destination changes nothing.
+	if r := p.Do(t, "reconnect %d 127.13.0.6:13005", s1); !r.OK {
+		t.Fatalf("reconnecting to the same destination: %+v", r)
+	}
+	if u := usage(t, dir); u.Live != 2 {
+		t.Errorf("usage after a same-destination reconnect = %+v", u)
+	}
+}

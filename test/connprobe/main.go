@@ -4,6 +4,7 @@
 //
 //	connect tcp|udp ADDR:PORT   connect a new socket; {"ok":true,"id":N}
 //	sendto ADDR:PORT            one datagram from a new unconnected UDP socket
+//	reconnect N ADDR:PORT       connect socket N again (UDP: to a new peer)
 //	close N                     close socket N
 //	check N                     socket N's pending error (SO_ERROR), if any
 //	send N                      write a few bytes on socket N
@@ -51,6 +52,12 @@ func main() {
 				socks[next] = fd
 				r.ID = next
 				next++
+			}
+		case f[0] == "reconnect" && len(f) == 3:
+			n, _ := strconv.Atoi(f[1])
+			var sa unix.Sockaddr
+			if sa, _, err = sockaddr(f[2]); err == nil {
+				err = unix.Connect(socks[n], sa)
 			}
 		case f[0] == "sendto" && len(f) == 2:
 			err = sendto(f[1])
