@@ -14,10 +14,48 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* The container: its cgroup (a socket belongs to it when the socket's
- * cgroup is this one or below it) and the key of its egress rules. */
+ * cgroup is this one or below it; 0 for a container keyed by its network
+ * namespace, whose sockets are all those of the namespace the iterator
+ * runs in) and the key of its egress rules. */
 volatile const __u64 target_cgroup = 0;
 volatile const __u64 target_owner = 0;
 volatile const __u8 dry_run = 0;
+
+/* The pinned port registry of bpf/services.h (MapReplacements; declared as
+ * there): the ports the container's servers are bound to. A TCP socket on
+ * such a local port was accepted by one of them, so it is an incoming
+ * connection that egress rules do not judge. */
+struct listener_key {
+	__u64 cgroup_id;
+	__u16 port;
+	__u8 protocol;
+	__u8 family; /* 4: IPv4 or v4-mapped, 6: IPv6 */
+	__u32 pad;
+};
+
+struct listener {
+	__u32 addr[4];
+	__u32 refs;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct listener_key);
+	__type(value, struct listener);
+} svc_listeners SEC(".maps");
+
+static __always_inline bool accepted(__u16 local_port)
+{
+	struct listener_key key = {.cgroup_id = target_owner, .port = local_port, .protocol = IPPROTO_TCP, .family = 4};
+
+	if (bpf_map_lookup_elem(&svc_listeners, &key))
+		return true;
+	key.family = 6; /* a dual-stack listener */
+	return bpf_map_lookup_elem(&svc_listeners, &key) != NULL;
+}
 
 /* in_target: the socket's cgroup is the container's or nested below it. */
 static __always_inline bool in_target(struct sock *sk)
@@ -50,7 +88,9 @@ static __always_inline void check(struct bpf_iter_meta *meta, struct sock_common
 	term_socket(&ev, skc);
 	if (egress_allowed(target_owner, ev.peer, ev.peer_port, protocol))
 		return;
-	if (!in_target(sk))
+	if (protocol == IPPROTO_TCP && accepted(ev.local_port))
+		return;
+	if (target_cgroup && !in_target(sk))
 		return;
 	ev.cgroup_id = target_cgroup;
 	if (!dry_run)

@@ -55,6 +55,22 @@ type EgressTerminateGroupName struct {
 	Name [64]int8
 }
 
+type EgressTerminateListener struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Refs uint32
+	Pad  uint32
+}
+
+type EgressTerminateListenerKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Port     uint16
+	Protocol uint8
+	Family   uint8
+	Pad      uint32
+}
+
 type EgressTerminateMemberKey struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -69,6 +85,7 @@ const (
 	EgressTerminateMapGroupBits    = "group_bits"
 	EgressTerminateMapGroupMembers = "group_members"
 	EgressTerminateMapGroupRefs    = "group_refs"
+	EgressTerminateMapSvcListeners = "svc_listeners"
 	EgressTerminateProgDeniedTcp   = "denied_tcp"
 	EgressTerminateProgDeniedUdp   = "denied_udp"
 	EgressTerminateVarDryRun       = "dry_run"
@@ -130,6 +147,7 @@ type EgressTerminateMapSpecs struct {
 	GroupBits    *ebpf.MapSpec `ebpf:"group_bits"`
 	GroupMembers *ebpf.MapSpec `ebpf:"group_members"`
 	GroupRefs    *ebpf.MapSpec `ebpf:"group_refs"`
+	SvcListeners *ebpf.MapSpec `ebpf:"svc_listeners"`
 }
 
 // EgressTerminateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -165,6 +183,7 @@ type EgressTerminateMaps struct {
 	GroupBits    *ebpf.Map `ebpf:"group_bits"`
 	GroupMembers *ebpf.Map `ebpf:"group_members"`
 	GroupRefs    *ebpf.Map `ebpf:"group_refs"`
+	SvcListeners *ebpf.Map `ebpf:"svc_listeners"`
 }
 
 func (m *EgressTerminateMaps) Close() error {
@@ -173,6 +192,7 @@ func (m *EgressTerminateMaps) Close() error {
 		m.GroupBits,
 		m.GroupMembers,
 		m.GroupRefs,
+		m.SvcListeners,
 	)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/services"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/terminate"
 	"github.com/portcullis-net/portcullis/test/guardtest"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
@@ -115,4 +116,63 @@ func TestEgressAfterServiceTranslation(t *testing.T) {
 	p.SendTo(t, "127.13.9.1:13012", "EPERM")
 	p.Connect(t, "tcp", "127.13.9.2:13012", "")
 	p.SendTo(t, "127.13.9.2:13012", "")
+}
+
+// A pod's policy keyed by its network namespace: the rules and caps hold
+// for every task in the namespace, and --terminate's iterators scan only
+// that namespace and destroy what the new rules deny there.
+func TestNetNSKeyedPod(t *testing.T) {
+	dir := testenv.StateDir(t)
+	pod := testenv.NewNetNS(t)
+	parent := testenv.Cgroup(t, "pods")
+	task := testenv.ChildCgroup(t, parent, "app")
+	p, err := policy.Parse([]byte(`{"connectionLimits": {"perDestination": 1},
+		"egress": [{"action": "deny", "cidr": "127.0.0.2/32"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := state.OpenOrLoad(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Attach(state.AttachRequest{ID: "pod", Policy: p, NetNS: pod.Path, KeyByNetNS: true, NetNSCgroup: parent.Path}); err != nil {
+		t.Fatal(err)
+	}
+	listener := testenv.Start(t, task, pod.Command(testenv.Binary(t, "./test/sockprobe"), "listen", "-addr", "127.0.0.1:13080"))
+	if r := testenv.ParseProbe(t, listener.Line(t, 5e9)); !r.OK {
+		t.Fatalf("listen in the pod: %+v", r)
+	}
+	probe := guardtest.Start(t, task, pod.Command)
+	probe.Connect(t, "tcp", "127.0.0.2:13080", "EPERM")
+	held := probe.Connect(t, "tcp", "127.0.0.1:13080", "")
+	probe.Connect(t, "tcp", "127.0.0.1:13080", "EAGAIN")
+
+	// Rules judge outgoing connections only: the server's end of the
+	// connection, whose peer is the client's port, is not terminated.
+	others, _ := policy.Parse([]byte(`{"connectionLimits": {"perDestination": 1},
+		"egress": [{"action": "deny", "ports": ["1-13079", "13081-65535"], "protocol": "tcp"}]}`))
+	a, err := s.SetPolicy("pod", others)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if report, err := terminate.Denied(s, a, false); err != nil || report.Matched != 0 {
+		t.Fatalf("terminate with only the server's end denied: %+v, %v; want nothing matched", report, err)
+	}
+	probe.Alive(t, held)
+
+	deny, _ := policy.Parse([]byte(`{"connectionLimits": {"perDestination": 1}, "egress": [{"action": "deny", "cidr": "127.0.0.0/8"}]}`))
+	a, err = s.SetPolicy("pod", deny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Alive(t, held)
+	report, err := terminate.Denied(s, a, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if report.Destroyed != 1 || len(report.Namespaces) != 1 || report.Namespaces[0].NetNS != pod.Path {
+		t.Fatalf("terminate report %+v, want one socket destroyed, in the pod's namespace only", report)
+	}
+	probe.Aborted(t, held)
 }

@@ -24,7 +24,13 @@ func Denied(s *state.State, a *state.Attachment, dryRun bool) (*Report, error) {
 	defer coll.Close()
 	defer p.close()
 	report := &Report{DryRun: dryRun, Targets: []string{"egress-denied peers of " + a.ID}}
-	return report, p.scanAll(namespaces([]string{a.NetNS}), report)
+	paths := namespaces([]string{a.NetNS})
+	if a.KeyedByNetNS() {
+		// Every socket of its namespace is the container's, and only
+		// those: the host's namespace is not scanned.
+		paths = paths[1:]
+	}
+	return report, p.scanAll(paths, report)
 }
 
 // loadDenied loads bpf/egress_terminate.c for one attachment. Unlike the
@@ -35,7 +41,11 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 	if err != nil {
 		return nil, nil, err
 	}
-	consts := map[string]any{"target_cgroup": a.CgroupID, "target_owner": a.PolicyKey(), "dry_run": uint8(0)}
+	cgroupID := a.CgroupID
+	if a.KeyedByNetNS() {
+		cgroupID = 0 // the namespace, not a cgroup (see Denied)
+	}
+	consts := map[string]any{"target_cgroup": cgroupID, "target_owner": a.PolicyKey(), "dry_run": uint8(0)}
 	if dryRun {
 		consts["dry_run"] = uint8(1)
 	}
@@ -45,7 +55,7 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 		}
 	}
 	// The programs read the pinned egress maps.
-	names := []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits}
+	names := []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits, bpfobj.EgressTerminateMapSvcListeners}
 	pinned := make([]*ebpf.Map, len(names))
 	dst := map[string]**ebpf.Map{}
 	for i, name := range names {
@@ -58,6 +68,9 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 	for i, name := range names {
 		replace[name] = pinned[i]
 		defer pinned[i].Close() // the collection holds its own reference
+		// A state loaded with other sizes (load --max-*) has other
+		// max_entries; the replacement must match.
+		spec.Maps[name].MaxEntries = pinned[i].MaxEntries()
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
 	if err != nil {
