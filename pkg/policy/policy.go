@@ -47,6 +47,9 @@ type Policy struct {
 	// matches.
 	Egress        []EgressRule `json:"egress,omitempty"`
 	EgressDefault string       `json:"egressDefault,omitempty"`
+	// Dispatch lists the socket-dispatch bindings the container owns
+	// (see docs/dispatch.md).
+	Dispatch []Dispatch `json:"dispatch,omitempty"`
 }
 
 // Provide says the container serves a service on one of its ports (the
@@ -301,7 +304,10 @@ func (p *Policy) Validate() error {
 		}
 		provided[*pr] = true
 	}
-	return p.validateEgress()
+	if err := p.validateEgress(); err != nil {
+		return err
+	}
+	return p.validateDispatch()
 }
 
 func (p *Policy) hasAddress(a netip.Addr) bool {

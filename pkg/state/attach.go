@@ -223,6 +223,9 @@ func (s *State) record(a *Attachment, r *record, undo *undoStack) error {
 		return err
 	}
 	undo.push(func() { s.index.Delete(&key) })
+	if err := s.runAttachHooks(a, undo); err != nil {
+		return err
+	}
 	return s.syncServices(a, false)
 }
 
@@ -264,7 +267,7 @@ func (s *State) Detach(id string) error {
 			return err
 		}
 	}
-	return s.syncServices(a, true)
+	return errors.Join(s.syncServices(a, true), s.runDetachHooks(a))
 }
 
 // Get returns one attachment's record.

@@ -8,6 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 
 	"github.com/portcullis-net/portcullis/pkg/cni"
+	_ "github.com/portcullis-net/portcullis/pkg/dispatch" // policies' dispatch bindings follow attach and detach
 )
 
 func main() {

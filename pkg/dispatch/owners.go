@@ -1,0 +1,157 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/state"
+)
+
+// Containers own labels: an attachment whose policy lists a label in
+// "dispatch" owns that label in its network namespace. Its bindings are
+// installed when it is attached and removed, with its sockets, when it is
+// detached; nobody else may bind over them, and only its processes'
+// sockets may be registered under its labels.
+
+func init() {
+	state.RegisterHook(state.Hook{Attach: attachHook, Detach: detachHook})
+}
+
+// inNetNS tells whether an attachment's sockets live in namespace ino. An
+// attachment without a namespace lives in the caller's (the host's).
+func inNetNS(a *state.Attachment, ino uint64) bool {
+	have, err := netnsInode(a.NetNS)
+	return err == nil && have == ino
+}
+
+// owners maps each label owned by an attachment of this namespace to it.
+func (d *Dispatcher) owners() (map[string]*state.Attachment, error) {
+	list, err := d.s.Attachments()
+	if err != nil {
+		return nil, err
+	}
+	owners := map[string]*state.Attachment{}
+	for i := range list {
+		a := &list[i]
+		if len(a.Policy.Dispatch) == 0 || !inNetNS(a, d.ino) {
+			continue
+		}
+		for _, e := range a.Policy.Dispatch {
+			if _, taken := owners[e.Label]; !taken {
+				owners[e.Label] = a
+			}
+		}
+	}
+	return owners, nil
+}
+
+// checkOverlap refuses a binding that overlaps one whose label another
+// container owns (a container's own bindings may overlap each other, and
+// the operator's may overlap the operator's: the most specific wins).
+func (d *Dispatcher) checkOverlap(b Binding, owners map[string]*state.Attachment) error {
+	if len(owners) == 0 {
+		return nil
+	}
+	mine := owners[b.Label]
+	dests, err := d.destinations()
+	if err != nil {
+		return err
+	}
+	var (
+		r    bpfobj.DispatchDispatchRule
+		dest uint32
+	)
+	iter := d.maps.Rules.Iterate()
+	for iter.Next(&r, &dest) {
+		k, ok := dests[dest]
+		if !ok {
+			continue
+		}
+		label := labelOf(&k)
+		owner := owners[label]
+		if owner == nil || (mine != nil && owner.ID == mine.ID) {
+			continue
+		}
+		if other := bindingOf(&r, label); overlaps(b, other) {
+			return fmt.Errorf("binding %s overlaps %s of container %s (label %s): choose other addresses or ports", b, other, owner.ID, label)
+		}
+	}
+	return iter.Err()
+}
+
+func labelsOf(a *state.Attachment) map[string]bool {
+	labels := map[string]bool{}
+	for _, e := range a.Policy.Dispatch {
+		labels[e.Label] = true
+	}
+	return labels
+}
+
+// attachHook installs an attaching container's bindings, all or none.
+func attachHook(s *state.State, a *state.Attachment) (err error) {
+	if len(a.Policy.Dispatch) == 0 {
+		return nil
+	}
+	d, err := Open(s, a.NetNS, true)
+	if err != nil {
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	defer d.Close()
+	list, err := s.Attachments()
+	if err != nil {
+		return err
+	}
+	for i, e := range a.Policy.Dispatch {
+		for _, other := range list {
+			if other.ID != a.ID && inNetNS(&other, d.ino) && labelsOf(&other)[e.Label] {
+				return fmt.Errorf("dispatch[%d].label: %s is owned by attachment %s", i, e.Label, other.ID)
+			}
+		}
+	}
+	defer func() {
+		if err != nil {
+			d.removeLabels(labelsOf(a))
+		}
+	}()
+	for i, e := range a.Policy.Dispatch {
+		b, err := FromPolicy(e)
+		if err != nil {
+			return fmt.Errorf("dispatch[%d]: %w", i, err)
+		}
+		if err := d.Bind(b); err != nil {
+			return fmt.Errorf("dispatch[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// detachHook removes a detached container's bindings and sockets, and the
+// dispatchers of namespaces that are gone.
+func detachHook(s *state.State, a *state.Attachment) error {
+	var errs []error
+	for _, dir := range dispatchers(s) {
+		ino, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(dir), "netns-"), 10, 64)
+		if err == nil && !linkAlive(dir, ino) {
+			errs = append(errs, removeDispatcher(dir))
+		}
+	}
+	if len(a.Policy.Dispatch) > 0 {
+		d, err := Open(s, a.NetNS, false)
+		if err == nil {
+			errs = append(errs, d.removeLabels(labelsOf(a)))
+			d.Close()
+		} else if !errors.Is(err, ErrNoDispatcher) && netnsExists(a.NetNS) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func netnsExists(path string) bool {
+	_, err := netnsInode(path)
+	return err == nil
+}
