@@ -116,3 +116,22 @@ func TestKeysAreMatchedExactly(t *testing.T) {
 		}
 	}
 }
+
+func TestDispatchField(t *testing.T) {
+	p, err := Parse([]byte(`{"dispatch": [{"label": "web", "protocol": "TCP", "prefix": "127.0.7.0/24", "ports": "0-65535"}]}`))
+	if err != nil || len(p.Dispatch) != 1 || p.Dispatch[0].Protocol != TCP || p.Dispatch[0].Ports != "0-65535" {
+		t.Fatalf("%+v %v", p, err)
+	}
+	for doc, want := range map[string]string{
+		`{"dispatch": [{"label": "web", "protocol": "tcp", "prefix": "127.0.7.1/24", "ports": "80"}]}`:                                                         "dispatch[0].prefix: ",
+		`{"dispatch": [{"label": "web", "protocol": "tcp", "prefix": "127.0.7.0/24", "ports": "80-"}]}`:                                                        "dispatch[0].ports: ",
+		`{"dispatch": [{"label": "", "protocol": "tcp", "prefix": "127.0.7.0/24", "ports": "80"}]}`:                                                            "dispatch[0].label: ",
+		`{"dispatch": [{"label": "web", "protocol": "sctp", "prefix": "127.0.7.0/24", "ports": "80"}]}`:                                                        "dispatch[0].protocol: ",
+		`{"dispatch": [{"label": "web", "protocol": "tcp", "prefix": "127.0.7.0/24", "ports": "80", "port": 1}]}`:                                              `unknown field "port"`,
+		`{"dispatch": [{"label": "w", "protocol": "tcp", "prefix": "::/0", "ports": "1"}, {"label": "w", "protocol": "tcp", "prefix": "::/0", "ports": "1"}]}`: "dispatch[1]: the same binding as dispatch[0]",
+	} {
+		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", doc, err, want)
+		}
+	}
+}

@@ -3,12 +3,14 @@
 // raw syscalls so the test controls family, dual-stack and v4-mapped
 // addresses exactly, and reports every result as one JSON line on stdout.
 //
-//	sockprobe listen  -proto tcp|udp -addr ADDR:PORT [-name NAME]
+//	sockprobe listen  -proto tcp|udp -addr ADDR:PORT [-name NAME] [-origdst]
 //	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold] [-sendto]
 //
 // listen binds (and listens, for TCP), prints {"ok":true,"local":...} and
 // serves until killed: a TCP peer gets "NAME\n", a UDP datagram is answered
-// with "NAME". connect prints local and peer addresses (getsockname,
+// with "NAME" (with -origdst, from the address and port the datagram was
+// sent to, which it reports as local: what a UDP server receiving
+// dispatched traffic does). connect prints local and peer addresses (getsockname,
 // getpeername) and what the peer sent; -hold then keeps the socket open and
 // prints the error that ends it. -sendto (UDP) sends one datagram on an
 // unconnected socket with sendto(2) and reports the reply's source.
@@ -64,6 +66,7 @@ func main() {
 	send := fs.String("send", "hello", "what a UDP client sends")
 	hold := fs.Bool("hold", false, "keep the connection open and report how it ends")
 	sendto := fs.Bool("sendto", false, "UDP: use sendto on an unconnected socket")
+	origdst := fs.Bool("origdst", false, "UDP server: report each datagram's destination and reply from it")
 	fs.Parse(os.Args[2:])
 	ap, err := netip.ParseAddrPort(*addr)
 	if err != nil {
@@ -72,6 +75,9 @@ func main() {
 	fd := socket(ap, *proto)
 	switch os.Args[1] {
 	case "listen":
+		if *proto == "udp" && *origdst {
+			serveOrigDst(fd, ap, *name)
+		}
 		serve(fd, ap, *proto, *name)
 	case "connect":
 		if *sendto {
@@ -170,6 +176,58 @@ func serve(fd int, ap netip.AddrPort, proto, name string) {
 			}
 		}(conn)
 	}
+}
+
+// serveOrigDst is the UDP server for dispatched datagrams: each may have
+// been sent to any address and port, which IP_RECVORIGDSTADDR tells; the
+// reply leaves from a socket bound there, so even a connected client (one
+// that accepts replies from the address it dialled only) gets it.
+func serveOrigDst(fd int, ap netip.AddrPort, name string) {
+	if err := unix.Bind(fd, sockaddr(ap)); err != nil {
+		fail("bind", err)
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVORIGDSTADDR, 1)
+	if ap.Addr().Is6() {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVORIGDSTADDR, 1)
+	}
+	emit(result{OK: true, Event: "listening", Local: local(fd)})
+	buf, oob := make([]byte, 2048), make([]byte, 256)
+	for {
+		n, oobn, _, from, err := unix.Recvmsg(fd, buf, oob, 0)
+		if err == unix.EINTR {
+			continue
+		} else if err != nil {
+			fail("recvmsg", err)
+		}
+		dst := origDst(oob[:oobn])
+		emit(result{OK: true, Event: "datagram", Peer: format(from), Local: dst.String(), Reply: string(buf[:n])})
+		if !dst.IsValid() {
+			unix.Sendto(fd, []byte(name), 0, from)
+			continue
+		}
+		reply := socket(dst, "udp")
+		if err := unix.Bind(reply, sockaddr(dst)); err != nil {
+			fail("bind reply socket", err)
+		}
+		unix.Sendto(reply, []byte(name), 0, from)
+		unix.Close(reply)
+	}
+}
+
+// origDst reads the IP_ORIGDSTADDR or IPV6_ORIGDSTADDR control message.
+func origDst(oob []byte) netip.AddrPort {
+	msgs, _ := unix.ParseSocketControlMessage(oob)
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(m.Data) >= unix.SizeofSockaddrInet4:
+			port := uint16(m.Data[2])<<8 | uint16(m.Data[3])
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Data[4:8])), port)
+		case m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_ORIGDSTADDR && len(m.Data) >= unix.SizeofSockaddrInet6:
+			port := uint16(m.Data[2])<<8 | uint16(m.Data[3])
+			return netip.AddrPortFrom(netip.AddrFrom16([16]byte(m.Data[8:24])).Unmap(), port)
+		}
+	}
+	return netip.AddrPort{}
 }
 
 // datagram sends one datagram with sendto(2) on an unconnected socket and
