@@ -194,7 +194,9 @@ func (d *Dispatcher) Bind(b Binding) error {
 	for _, blk := range blocksOf(b.First, b.Last) {
 		key := trieKey(&r, blk)
 		var cur bpfobj.DispatchDispatchBinding
-		if d.maps.Blocks.Lookup(&key, &cur) == nil && !wins(&value, &cur) {
+		// A trie lookup finds the longest match: only an entry of the
+		// same prefix is the same entry.
+		if d.maps.Blocks.Lookup(&key, &cur) == nil && cur.Prefixlen == value.Prefixlen && !wins(&value, &cur) {
 			continue
 		}
 		if err := put(d.maps.Blocks, &key, &value, "blocks"); err != nil {
