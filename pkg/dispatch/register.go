@@ -183,8 +183,11 @@ func (d *Dispatcher) check(c *candidate) error {
 		if _, err := unix.Getpeername(c.fd); err == nil {
 			return fmt.Errorf("UDP socket %s is connected", c.local)
 		}
+	case unix.IPPROTO_MPTCP:
+		// Go 1.24+ listeners are MPTCP by default where the kernel has it.
+		return fmt.Errorf("%s is an MPTCP socket; the sockmap takes plain TCP only (in Go: net.ListenConfig.SetMultipathTCP(false))", c.local)
 	default:
-		return errors.New("neither TCP nor UDP")
+		return fmt.Errorf("%s is neither TCP nor UDP (protocol %d)", c.local, proto)
 	}
 	nsfd, err := unix.IoctlRetInt(c.fd, unix.SIOCGSKNS)
 	if err != nil {
