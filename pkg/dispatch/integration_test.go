@@ -451,6 +451,17 @@ func TestAContainerOwnsItsBindings(t *testing.T) {
 	w.expect(web, "127.0.7.5:80")
 	w.expect(web, "127.0.7.127:16049")
 
+	// A policy change moves the bindings; a kept label keeps its socket.
+	set := exec.Command(w.ctl, "policy", "set", "--id", "web-a", "--policy", "/dev/stdin")
+	set.Stdin = strings.NewReader(`{"dispatch": [
+		{"label": "web", "protocol": "tcp", "prefix": "127.0.7.0/25", "ports": "80"},
+		{"label": "web", "protocol": "tcp", "prefix": "127.0.7.0/25", "ports": "16050"}]}`)
+	if out, err := set.CombinedOutput(); err != nil {
+		t.Fatalf("policy set: %v %s", err, out)
+	}
+	w.expect(web, "127.0.7.5:80")
+	w.expect(web, "127.0.7.5:16050")
+	w.refused("127.0.7.127:16049")
 	// Detaching the container removes its bindings and its socket.
 	if out, err := exec.Command(w.ctl, "detach", "--id", "web-a").CombinedOutput(); err != nil {
 		t.Fatalf("detach: %v %s", err, out)

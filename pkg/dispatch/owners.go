@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,7 +20,7 @@ import (
 // sockets may be registered under its labels.
 
 func init() {
-	state.RegisterHook(state.Hook{Attach: attachHook, Detach: detachHook})
+	state.RegisterHook(state.Hook{Attach: attachHook, Detach: detachHook, Update: updateHook})
 }
 
 // inNetNS tells whether an attachment's sockets live in namespace ino. An
@@ -101,7 +103,20 @@ func attachHook(s *state.State, a *state.Attachment) (err error) {
 		return fmt.Errorf("dispatch: %w", err)
 	}
 	defer d.Close()
-	list, err := s.Attachments()
+	if err := d.checkLabels(a); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			d.removeLabels(labelsOf(a))
+		}
+	}()
+	return d.bindAll(a)
+}
+
+// checkLabels refuses labels another attachment of the namespace owns.
+func (d *Dispatcher) checkLabels(a *state.Attachment) error {
+	list, err := d.s.Attachments()
 	if err != nil {
 		return err
 	}
@@ -112,11 +127,10 @@ func attachHook(s *state.State, a *state.Attachment) (err error) {
 			}
 		}
 	}
-	defer func() {
-		if err != nil {
-			d.removeLabels(labelsOf(a))
-		}
-	}()
+	return nil
+}
+
+func (d *Dispatcher) bindAll(a *state.Attachment) error {
 	for i, e := range a.Policy.Dispatch {
 		b, err := FromPolicy(e)
 		if err != nil {
@@ -127,6 +141,40 @@ func attachHook(s *state.State, a *state.Attachment) (err error) {
 		}
 	}
 	return nil
+}
+
+// updateHook follows a policy change (portcullisctl policy set): labels
+// the new policy drops go with their sockets, bindings it drops are
+// unbound, new ones are bound; kept labels keep their sockets.
+func updateHook(s *state.State, old, next *state.Attachment) error {
+	if reflect.DeepEqual(old.Policy.Dispatch, next.Policy.Dispatch) {
+		return nil
+	}
+	d, err := Open(s, next.NetNS, len(next.Policy.Dispatch) > 0)
+	if errors.Is(err, ErrNoDispatcher) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	defer d.Close()
+	if err := d.checkLabels(next); err != nil {
+		return err
+	}
+	keep, gone := labelsOf(next), map[string]bool{}
+	for label := range labelsOf(old) {
+		if !keep[label] {
+			gone[label] = true
+		}
+	}
+	if err := d.removeLabels(gone); err != nil {
+		return err
+	}
+	for _, e := range old.Policy.Dispatch {
+		if b, err := FromPolicy(e); err == nil && keep[e.Label] && !slices.Contains(next.Policy.Dispatch, e) {
+			d.Unbind(b)
+		}
+	}
+	return d.bindAll(next)
 }
 
 // detachHook removes a detached container's bindings and sockets, and the

@@ -85,6 +85,10 @@ func (s *State) SetPolicy(id string, p *policy.Policy) (*Attachment, error) {
 		}
 		return nil, err
 	}
+	if err := s.runUpdateHooks(old, &next); err != nil {
+		s.replacePolicy(&next, old)
+		return nil, err
+	}
 	return &next, nil
 }
 
