@@ -234,26 +234,20 @@ func (d *Dispatcher) recompile(removed []bpfobj.DispatchDispatchRule) error {
 			want[trieKey(&removed[i], blk)] = nil
 		}
 	}
-	var (
-		mask uint32
-		used = map[uint32]bool{}
-		r    bpfobj.DispatchDispatchRule
-		dest uint32
-	)
-	iter := d.maps.Rules.Iterate()
-	for iter.Next(&r, &dest) {
+	var mask uint32
+	used := map[uint32]bool{}
+	if err := d.eachRule(func(r *bpfobj.DispatchDispatchRule, dest uint32) {
 		used[dest] = true
-		value := trieValue(&r, dest)
+		value := trieValue(r, dest)
 		for _, blk := range blocksOf(r.First, r.Last) {
 			mask |= 1 << blk.level
-			key := trieKey(&r, blk)
+			key := trieKey(r, blk)
 			if cur, ok := want[key]; ok && (cur == nil || wins(&value, cur)) {
 				v := value
 				want[key] = &v
 			}
 		}
-	}
-	if err := iter.Err(); err != nil {
+	}); err != nil {
 		return err
 	}
 	for key, value := range want {

@@ -125,15 +125,21 @@ func (d *Dispatcher) dropDestinationIfUnused(id uint32) {
 // usedDestinations is the set of destinations some rule leads to.
 func (d *Dispatcher) usedDestinations() (map[uint32]bool, error) {
 	used := map[uint32]bool{}
+	err := d.eachRule(func(_ *bpfobj.DispatchDispatchRule, dest uint32) { used[dest] = true })
+	return used, err
+}
+
+// eachRule calls f with every binding as written and its destination.
+func (d *Dispatcher) eachRule(f func(r *bpfobj.DispatchDispatchRule, dest uint32)) error {
 	var (
 		r    bpfobj.DispatchDispatchRule
 		dest uint32
 	)
 	iter := d.maps.Rules.Iterate()
 	for iter.Next(&r, &dest) {
-		used[dest] = true
+		f(&r, dest)
 	}
-	return used, iter.Err()
+	return iter.Err()
 }
 
 // Unregister removes the sockets registered under a label (both
@@ -177,18 +183,12 @@ func (d *Dispatcher) removeLabels(labels map[string]bool) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	var (
-		removed []bpfobj.DispatchDispatchRule
-		r       bpfobj.DispatchDispatchRule
-		dest    uint32
-	)
-	iter := d.maps.Rules.Iterate()
-	for iter.Next(&r, &dest) {
+	var removed []bpfobj.DispatchDispatchRule
+	if err := d.eachRule(func(r *bpfobj.DispatchDispatchRule, dest uint32) {
 		if ids[dest] {
-			removed = append(removed, r)
+			removed = append(removed, *r)
 		}
-	}
-	if err := iter.Err(); err != nil {
+	}); err != nil {
 		return err
 	}
 	for i := range removed {

@@ -65,16 +65,10 @@ func (d *Dispatcher) List() (*Listing, error) {
 		dst.Counters = d.counters(id)
 		byID[id] = dst
 	}
-	var (
-		r    bpfobj.DispatchDispatchRule
-		dest uint32
-		all  = map[uint32][]Binding{}
-	)
-	iter := d.maps.Rules.Iterate()
-	for iter.Next(&r, &dest) {
-		all[dest] = append(all[dest], bindingOf(&r, ""))
-	}
-	if err := iter.Err(); err != nil {
+	all := map[uint32][]Binding{}
+	if err := d.eachRule(func(r *bpfobj.DispatchDispatchRule, dest uint32) {
+		all[dest] = append(all[dest], bindingOf(r, ""))
+	}); err != nil {
 		return nil, err
 	}
 	for id, dst := range byID {

@@ -63,26 +63,22 @@ func (d *Dispatcher) checkOverlap(b Binding, owners map[string]*state.Attachment
 	if err != nil {
 		return err
 	}
-	var (
-		r    bpfobj.DispatchDispatchRule
-		dest uint32
-	)
-	iter := d.maps.Rules.Iterate()
-	for iter.Next(&r, &dest) {
+	var conflict error
+	err = d.eachRule(func(r *bpfobj.DispatchDispatchRule, dest uint32) {
 		k, ok := dests[dest]
-		if !ok {
-			continue
+		if !ok || conflict != nil {
+			return
 		}
 		label := labelOf(&k)
 		owner := owners[label]
 		if owner == nil || (mine != nil && owner.ID == mine.ID) {
-			continue
+			return
 		}
-		if other := bindingOf(&r, label); overlaps(b, other) {
-			return fmt.Errorf("binding %s overlaps %s of container %s (label %s): choose other addresses or ports", b, other, owner.ID, label)
+		if other := bindingOf(r, label); overlaps(b, other) {
+			conflict = fmt.Errorf("binding %s overlaps %s of container %s (label %s): choose other addresses or ports", b, other, owner.ID, label)
 		}
-	}
-	return iter.Err()
+	})
+	return errors.Join(err, conflict)
 }
 
 func labelsOf(a *state.Attachment) map[string]bool {

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/services"
@@ -100,16 +98,7 @@ func listeners(b *testing.B, n int) []int {
 }
 
 func connectOnce(b *testing.B, addr [4]byte, port int) time.Duration {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	// RST on close: thousands of connections leave no TIME_WAIT.
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	start := time.Now()
-	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: addr, Port: port})
-	d := time.Since(start)
-	unix.Close(fd)
+	d, err := timedConnect(netip.AddrPortFrom(netip.AddrFrom4(addr), uint16(port)))
 	if err != nil {
 		b.Fatal(err)
 	}
