@@ -178,7 +178,9 @@ func TestOneTCPSocketServesAPrefixOnEveryPort(t *testing.T) {
 	if d.Label != "web" || d.Protocol != "tcp" || d.Socket == 0 || len(d.Bindings) != 1 || d.Bindings[0].Prefix != "127.0.7.0/24" || d.Bindings[0].Ports != "0-65535" {
 		t.Fatalf("list: %+v", d)
 	}
-	if d.Lookups != uint64(n) || d.Hits != uint64(n) || d.Misses != 0 {
+	// A SYN the kernel retransmits (the machine is shared) is looked
+	// up again, so the counts are at least the dials.
+	if d.Hits < uint64(n) || d.Lookups != d.Hits || d.Misses != 0 {
 		t.Fatalf("counters %+v, want %d lookups and hits", d.Counters, n)
 	}
 	if l.Unmatched < 2 {
@@ -247,6 +249,22 @@ func TestOneUDPSocketServesAPrefixAndRepliesFromTheDialledAddress(t *testing.T) 
 	if l := w.list(); len(l.Destinations) != 1 || l.Destinations[0].Protocol != "udp" || l.Destinations[0].Hits == 0 {
 		t.Fatalf("list: %+v", l)
 	}
+
+	// Once the server is gone a connected client is refused (ICMP port
+	// unreachable), not left waiting.
+	dns.Kill()
+	var conn net.Conn
+	ns.WithNetNSPath(w.ns.Path, func(ns.NetNS) error {
+		var err error
+		conn, err = net.Dial("udp", "127.0.7.42:16053")
+		return err
+	})
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Second))
+	conn.Write([]byte("q"))
+	if _, err := conn.Read(buf); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("UDP to a label without a socket: %v, want ECONNREFUSED", err)
+	}
 }
 
 func TestTwoLabelsSharePort80OnTwoPrefixes(t *testing.T) {
@@ -276,7 +294,7 @@ func TestTwoLabelsSharePort80OnTwoPrefixes(t *testing.T) {
 		}
 	}
 	for _, d := range w.list().Destinations {
-		if d.Hits != want[d.Label] || d.Lookups != want[d.Label] || d.Misses != 0 {
+		if d.Hits < want[d.Label] || d.Lookups != d.Hits || d.Misses != 0 {
 			t.Fatalf("%s: %+v, want %d lookups and hits", d.Label, d.Counters, want[d.Label])
 		}
 	}
@@ -368,7 +386,7 @@ func TestAClosedOrUnregisteredSocketRefusesConnections(t *testing.T) {
 	w.refused("127.0.7.9:16021")
 	w.refused("127.0.7.10:16021")
 	d := w.list().Destinations
-	if len(d) != 1 || d[0].Socket != 0 || d[0].Misses != 4 || d[0].Hits != 2 {
+	if len(d) != 1 || d[0].Socket != 0 || d[0].Misses < 4 || d[0].Hits < 2 || d[0].Lookups != d[0].Hits+d[0].Misses {
 		t.Fatalf("after the socket closed: %+v", d)
 	}
 	w.must("unbind", "web", "tcp", "127.0.7.0/24", "16021")
