@@ -71,7 +71,9 @@ func (d *Dispatcher) checkProcess(label string, pid int) error {
 		return err
 	}
 	owner := owners[label]
-	if owner == nil {
+	if owner == nil || owner.KeyedByNetNS() {
+		// A pod's policy follows its network namespace, which the
+		// socket is checked to be in (it is the dispatcher's).
 		return nil
 	}
 	cg, err := cgroup.OfPID(pid)
