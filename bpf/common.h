@@ -31,6 +31,8 @@
 #define POLICY_HAS_ADDR4 (1U << 0)
 #define POLICY_HAS_ADDR6 (1U << 1)
 #define POLICY_RESTRICT_PORTS (1U << 2)
+/* Raw, ICMP datagram and packet sockets are allowed (bpf/isolation.h). */
+#define POLICY_ALLOW_RAW (1U << 8)
 
 struct port_range {
 	__u16 first;

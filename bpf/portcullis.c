@@ -115,6 +115,7 @@ static __always_inline bool equal6(const __u32 a[4], const __u32 b[4])
 #include "services.h"
 #include "egress.h"
 #include "limits.h"
+#include "isolation.h"
 
 static __always_inline __u16 portmap_lookup(__u64 cgroup_id, __u16 port, __u8 protocol,
 					    __u8 direction)
@@ -198,7 +199,7 @@ int bind4(struct bpf_sock_addr *ctx)
 		return SYSCALL_DENY;
 	if (ip != ctx->user_ip4)
 		ctx->user_ip4 = ip;
-	return bind_port(ctx, cgroup_id, p);
+	return bind_port(ctx, cgroup_id, p) && isolation_bind4(ctx, cgroup_id, p);
 }
 
 SEC("cgroup/bind6")
@@ -234,7 +235,7 @@ int bind6(struct bpf_sock_addr *ctx)
 			ctx->user_ip6[1] = p->addr6[1];
 			ctx->user_ip6[2] = p->addr6[2];
 			ctx->user_ip6[3] = p->addr6[3];
-		} else if (p->flags & POLICY_HAS_ADDR4) {
+		} else if ((p->flags & POLICY_HAS_ADDR4) && !isolation_v6only(ctx)) {
 			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
 			ctx->user_ip6[3] = p->addr4;
 		}
@@ -242,7 +243,7 @@ int bind6(struct bpf_sock_addr *ctx)
 		   !((p->flags & POLICY_HAS_ADDR6) && equal6(ip6, p->addr6))) {
 		return SYSCALL_DENY;
 	}
-	return bind_port(ctx, cgroup_id, p);
+	return bind_port(ctx, cgroup_id, p) && isolation_bind6(ctx, cgroup_id, p);
 }
 
 /* Bind the local end of an outgoing socket to the container's address with
@@ -352,7 +353,7 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 
 	if (!p)
 		return SYSCALL_ALLOW;
-	if (service_connect4(ctx, true) == SYSCALL_DENY)
+	if (service_connect4(ctx, true) == SYSCALL_DENY || !isolation_source4(ctx, cgroup_id, p))
 		return SYSCALL_DENY;
 	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY)
 		return SYSCALL_DENY;
@@ -376,7 +377,7 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 
 	if (!p)
 		return SYSCALL_ALLOW;
-	if (service_connect6(ctx, true) == SYSCALL_DENY)
+	if (service_connect6(ctx, true) == SYSCALL_DENY || !isolation_source6(ctx, cgroup_id, p))
 		return SYSCALL_DENY;
 	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY)
 		return SYSCALL_DENY;

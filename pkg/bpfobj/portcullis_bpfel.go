@@ -133,6 +133,12 @@ type PortcullisMemberKey struct {
 	Bit  uint32
 }
 
+type PortcullisOwnerKey struct {
+	_     structs.HostLayout
+	Netns uint64
+	Addr  [4]uint32
+}
+
 type PortcullisPeer struct {
 	_            structs.HostLayout
 	Frontend     [4]uint32
@@ -183,6 +189,13 @@ type PortcullisRegistration struct {
 	Pad      uint32
 }
 
+type PortcullisSockTag struct {
+	_     structs.HostLayout
+	Owner uint64
+	Flags uint32
+	Pad   uint32
+}
+
 type PortcullisSvcName struct {
 	_    structs.HostLayout
 	Name [64]int8
@@ -208,43 +221,47 @@ type PortcullisUdpPeerKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	PortcullisMapAttachments        = "attachments"
-	PortcullisMapConnCounts         = "conn_counts"
-	PortcullisMapConnSlots          = "conn_slots"
-	PortcullisMapEgressRules        = "egress_rules"
-	PortcullisMapGroupBits          = "group_bits"
-	PortcullisMapGroupMembers       = "group_members"
-	PortcullisMapGroupRefs          = "group_refs"
-	PortcullisMapLimits             = "limits"
-	PortcullisMapPolicies           = "policies"
-	PortcullisMapPortmaps           = "portmaps"
-	PortcullisMapSvcBackends        = "svc_backends"
-	PortcullisMapSvcCounts          = "svc_counts"
-	PortcullisMapSvcDrops           = "svc_drops"
-	PortcullisMapSvcFrontends       = "svc_frontends"
-	PortcullisMapSvcListeners       = "svc_listeners"
-	PortcullisMapSvcNames           = "svc_names"
-	PortcullisMapSvcPeers           = "svc_peers"
-	PortcullisMapSvcRegistry        = "svc_registry"
-	PortcullisMapSvcUdpPeers        = "svc_udp_peers"
-	PortcullisProgBind4             = "bind4"
-	PortcullisProgBind6             = "bind6"
-	PortcullisProgConnect4          = "connect4"
-	PortcullisProgConnect6          = "connect6"
-	PortcullisProgGetpeername4      = "getpeername4"
-	PortcullisProgGetpeername6      = "getpeername6"
-	PortcullisProgGetsockname4      = "getsockname4"
-	PortcullisProgGetsockname6      = "getsockname6"
-	PortcullisProgLimitsSockRelease = "limits_sock_release"
-	PortcullisProgLimitsSockops     = "limits_sockops"
-	PortcullisProgPostBind4         = "post_bind4"
-	PortcullisProgPostBind6         = "post_bind6"
-	PortcullisProgRecvmsg4          = "recvmsg4"
-	PortcullisProgRecvmsg6          = "recvmsg6"
-	PortcullisProgSendmsg4          = "sendmsg4"
-	PortcullisProgSendmsg6          = "sendmsg6"
-	PortcullisProgSockRelease       = "sock_release"
-	PortcullisVarNetnsCopy          = "netns_copy"
+	PortcullisMapAttachments          = "attachments"
+	PortcullisMapConnCounts           = "conn_counts"
+	PortcullisMapConnSlots            = "conn_slots"
+	PortcullisMapEgressRules          = "egress_rules"
+	PortcullisMapGroupBits            = "group_bits"
+	PortcullisMapGroupMembers         = "group_members"
+	PortcullisMapGroupRefs            = "group_refs"
+	PortcullisMapIsoOwners            = "iso_owners"
+	PortcullisMapIsoSocks             = "iso_socks"
+	PortcullisMapLimits               = "limits"
+	PortcullisMapPolicies             = "policies"
+	PortcullisMapPortmaps             = "portmaps"
+	PortcullisMapSvcBackends          = "svc_backends"
+	PortcullisMapSvcCounts            = "svc_counts"
+	PortcullisMapSvcDrops             = "svc_drops"
+	PortcullisMapSvcFrontends         = "svc_frontends"
+	PortcullisMapSvcListeners         = "svc_listeners"
+	PortcullisMapSvcNames             = "svc_names"
+	PortcullisMapSvcPeers             = "svc_peers"
+	PortcullisMapSvcRegistry          = "svc_registry"
+	PortcullisMapSvcUdpPeers          = "svc_udp_peers"
+	PortcullisProgBind4               = "bind4"
+	PortcullisProgBind6               = "bind6"
+	PortcullisProgConnect4            = "connect4"
+	PortcullisProgConnect6            = "connect6"
+	PortcullisProgGetpeername4        = "getpeername4"
+	PortcullisProgGetpeername6        = "getpeername6"
+	PortcullisProgGetsockname4        = "getsockname4"
+	PortcullisProgGetsockname6        = "getsockname6"
+	PortcullisProgLimitsSockRelease   = "limits_sock_release"
+	PortcullisProgLimitsSockops       = "limits_sockops"
+	PortcullisProgPostBind4           = "post_bind4"
+	PortcullisProgPostBind6           = "post_bind6"
+	PortcullisProgRecvmsg4            = "recvmsg4"
+	PortcullisProgRecvmsg6            = "recvmsg6"
+	PortcullisProgSendmsg4            = "sendmsg4"
+	PortcullisProgSendmsg6            = "sendmsg6"
+	PortcullisProgSetsockoptIsolation = "setsockopt_isolation"
+	PortcullisProgSockCreateIsolation = "sock_create_isolation"
+	PortcullisProgSockRelease         = "sock_release"
+	PortcullisVarNetnsCopy            = "netns_copy"
 )
 
 // LoadPortcullis returns the embedded CollectionSpec for Portcullis.
@@ -289,23 +306,25 @@ type PortcullisSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisProgramSpecs struct {
-	Bind4             *ebpf.ProgramSpec `ebpf:"bind4"`
-	Bind6             *ebpf.ProgramSpec `ebpf:"bind6"`
-	Connect4          *ebpf.ProgramSpec `ebpf:"connect4"`
-	Connect6          *ebpf.ProgramSpec `ebpf:"connect6"`
-	Getpeername4      *ebpf.ProgramSpec `ebpf:"getpeername4"`
-	Getpeername6      *ebpf.ProgramSpec `ebpf:"getpeername6"`
-	Getsockname4      *ebpf.ProgramSpec `ebpf:"getsockname4"`
-	Getsockname6      *ebpf.ProgramSpec `ebpf:"getsockname6"`
-	LimitsSockRelease *ebpf.ProgramSpec `ebpf:"limits_sock_release"`
-	LimitsSockops     *ebpf.ProgramSpec `ebpf:"limits_sockops"`
-	PostBind4         *ebpf.ProgramSpec `ebpf:"post_bind4"`
-	PostBind6         *ebpf.ProgramSpec `ebpf:"post_bind6"`
-	Recvmsg4          *ebpf.ProgramSpec `ebpf:"recvmsg4"`
-	Recvmsg6          *ebpf.ProgramSpec `ebpf:"recvmsg6"`
-	Sendmsg4          *ebpf.ProgramSpec `ebpf:"sendmsg4"`
-	Sendmsg6          *ebpf.ProgramSpec `ebpf:"sendmsg6"`
-	SockRelease       *ebpf.ProgramSpec `ebpf:"sock_release"`
+	Bind4               *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6               *ebpf.ProgramSpec `ebpf:"bind6"`
+	Connect4            *ebpf.ProgramSpec `ebpf:"connect4"`
+	Connect6            *ebpf.ProgramSpec `ebpf:"connect6"`
+	Getpeername4        *ebpf.ProgramSpec `ebpf:"getpeername4"`
+	Getpeername6        *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	Getsockname4        *ebpf.ProgramSpec `ebpf:"getsockname4"`
+	Getsockname6        *ebpf.ProgramSpec `ebpf:"getsockname6"`
+	LimitsSockRelease   *ebpf.ProgramSpec `ebpf:"limits_sock_release"`
+	LimitsSockops       *ebpf.ProgramSpec `ebpf:"limits_sockops"`
+	PostBind4           *ebpf.ProgramSpec `ebpf:"post_bind4"`
+	PostBind6           *ebpf.ProgramSpec `ebpf:"post_bind6"`
+	Recvmsg4            *ebpf.ProgramSpec `ebpf:"recvmsg4"`
+	Recvmsg6            *ebpf.ProgramSpec `ebpf:"recvmsg6"`
+	Sendmsg4            *ebpf.ProgramSpec `ebpf:"sendmsg4"`
+	Sendmsg6            *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	SetsockoptIsolation *ebpf.ProgramSpec `ebpf:"setsockopt_isolation"`
+	SockCreateIsolation *ebpf.ProgramSpec `ebpf:"sock_create_isolation"`
+	SockRelease         *ebpf.ProgramSpec `ebpf:"sock_release"`
 }
 
 // PortcullisMapSpecs contains maps before they are loaded into the kernel.
@@ -319,6 +338,8 @@ type PortcullisMapSpecs struct {
 	GroupBits    *ebpf.MapSpec `ebpf:"group_bits"`
 	GroupMembers *ebpf.MapSpec `ebpf:"group_members"`
 	GroupRefs    *ebpf.MapSpec `ebpf:"group_refs"`
+	IsoOwners    *ebpf.MapSpec `ebpf:"iso_owners"`
+	IsoSocks     *ebpf.MapSpec `ebpf:"iso_socks"`
 	Limits       *ebpf.MapSpec `ebpf:"limits"`
 	Policies     *ebpf.MapSpec `ebpf:"policies"`
 	Portmaps     *ebpf.MapSpec `ebpf:"portmaps"`
@@ -367,6 +388,8 @@ type PortcullisMaps struct {
 	GroupBits    *ebpf.Map `ebpf:"group_bits"`
 	GroupMembers *ebpf.Map `ebpf:"group_members"`
 	GroupRefs    *ebpf.Map `ebpf:"group_refs"`
+	IsoOwners    *ebpf.Map `ebpf:"iso_owners"`
+	IsoSocks     *ebpf.Map `ebpf:"iso_socks"`
 	Limits       *ebpf.Map `ebpf:"limits"`
 	Policies     *ebpf.Map `ebpf:"policies"`
 	Portmaps     *ebpf.Map `ebpf:"portmaps"`
@@ -390,6 +413,8 @@ func (m *PortcullisMaps) Close() error {
 		m.GroupBits,
 		m.GroupMembers,
 		m.GroupRefs,
+		m.IsoOwners,
+		m.IsoSocks,
 		m.Limits,
 		m.Policies,
 		m.Portmaps,
@@ -416,23 +441,25 @@ type PortcullisVariables struct {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisPrograms struct {
-	Bind4             *ebpf.Program `ebpf:"bind4"`
-	Bind6             *ebpf.Program `ebpf:"bind6"`
-	Connect4          *ebpf.Program `ebpf:"connect4"`
-	Connect6          *ebpf.Program `ebpf:"connect6"`
-	Getpeername4      *ebpf.Program `ebpf:"getpeername4"`
-	Getpeername6      *ebpf.Program `ebpf:"getpeername6"`
-	Getsockname4      *ebpf.Program `ebpf:"getsockname4"`
-	Getsockname6      *ebpf.Program `ebpf:"getsockname6"`
-	LimitsSockRelease *ebpf.Program `ebpf:"limits_sock_release"`
-	LimitsSockops     *ebpf.Program `ebpf:"limits_sockops"`
-	PostBind4         *ebpf.Program `ebpf:"post_bind4"`
-	PostBind6         *ebpf.Program `ebpf:"post_bind6"`
-	Recvmsg4          *ebpf.Program `ebpf:"recvmsg4"`
-	Recvmsg6          *ebpf.Program `ebpf:"recvmsg6"`
-	Sendmsg4          *ebpf.Program `ebpf:"sendmsg4"`
-	Sendmsg6          *ebpf.Program `ebpf:"sendmsg6"`
-	SockRelease       *ebpf.Program `ebpf:"sock_release"`
+	Bind4               *ebpf.Program `ebpf:"bind4"`
+	Bind6               *ebpf.Program `ebpf:"bind6"`
+	Connect4            *ebpf.Program `ebpf:"connect4"`
+	Connect6            *ebpf.Program `ebpf:"connect6"`
+	Getpeername4        *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6        *ebpf.Program `ebpf:"getpeername6"`
+	Getsockname4        *ebpf.Program `ebpf:"getsockname4"`
+	Getsockname6        *ebpf.Program `ebpf:"getsockname6"`
+	LimitsSockRelease   *ebpf.Program `ebpf:"limits_sock_release"`
+	LimitsSockops       *ebpf.Program `ebpf:"limits_sockops"`
+	PostBind4           *ebpf.Program `ebpf:"post_bind4"`
+	PostBind6           *ebpf.Program `ebpf:"post_bind6"`
+	Recvmsg4            *ebpf.Program `ebpf:"recvmsg4"`
+	Recvmsg6            *ebpf.Program `ebpf:"recvmsg6"`
+	Sendmsg4            *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6            *ebpf.Program `ebpf:"sendmsg6"`
+	SetsockoptIsolation *ebpf.Program `ebpf:"setsockopt_isolation"`
+	SockCreateIsolation *ebpf.Program `ebpf:"sock_create_isolation"`
+	SockRelease         *ebpf.Program `ebpf:"sock_release"`
 }
 
 func (p *PortcullisPrograms) Close() error {
@@ -453,6 +480,8 @@ func (p *PortcullisPrograms) Close() error {
 		p.Recvmsg6,
 		p.Sendmsg4,
 		p.Sendmsg6,
+		p.SetsockoptIsolation,
+		p.SockCreateIsolation,
 		p.SockRelease,
 	)
 }

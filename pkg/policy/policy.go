@@ -50,6 +50,10 @@ type Policy struct {
 	// Dispatch lists the socket-dispatch bindings the container owns
 	// (see docs/dispatch.md).
 	Dispatch []Dispatch `json:"dispatch,omitempty"`
+	// AllowRawSockets lets a container with addresses open raw and ICMP
+	// datagram sockets, which are refused by default: they never pass the
+	// bind hook, so they could use any source address.
+	AllowRawSockets bool `json:"allowRawSockets,omitempty"`
 }
 
 // Provide says the container serves a service on one of its ports (the

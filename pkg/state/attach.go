@@ -38,6 +38,10 @@ type Attachment struct {
 	// For an attachment keyed by its network namespace (KeyedByNetNS),
 	// CgroupID is the policy key NetNSKey | the namespace's cookie and
 	// CgroupPath is empty.
+
+	// NetNSCookie is the cookie of the namespace the addresses are owned
+	// in (pkg/isolation), so detach finds them after it is gone.
+	NetNSCookie uint64 `json:"netnsCookie,omitempty"`
 }
 
 // Cgroup returns the attached cgroup.
@@ -119,10 +123,6 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		Owner:      req.Owner,
 		NetNS:      req.NetNS,
 	}
-	record, err := encodeRecord(a)
-	if err != nil {
-		return nil, err
-	}
 
 	var undo undoStack
 	defer func() {
@@ -130,6 +130,15 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 			undo.run()
 		}
 	}()
+	release, err := s.claimAddresses(a)
+	if err != nil {
+		return nil, err
+	}
+	undo.push(release)
+	record, err := encodeRecord(a)
+	if err != nil {
+		return nil, err
+	}
 	compiled := compile(cg.ID, req.Policy)
 	for _, e := range compiled.portmaps {
 		if err := s.put(s.portmaps, &e.key, &e.value); err != nil {
@@ -262,6 +271,7 @@ func (s *State) Detach(id string) error {
 	if err := s.unindex(policyKey(a), id); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
+	s.releaseAddresses(a)
 	if a.KeyedByNetNS() {
 		if err := s.dropNetNSLinksIfUnused(); err != nil {
 			return err

@@ -12,6 +12,7 @@ const (
 	policyHasAddr4     = 1 << 0
 	policyHasAddr6     = 1 << 1
 	policyRestrictPort = 1 << 2
+	policyAllowRaw     = 1 << 8
 )
 
 // Directions of struct portmap_key (bpf/common.h).
@@ -45,6 +46,9 @@ func compile(cgroupID uint64, p *policy.Policy) *compiled {
 		for i := range c.policy.Addr6 {
 			c.policy.Addr6[i] = nativeOfNetwork([4]byte(b[4*i : 4*i+4]))
 		}
+	}
+	if p.AllowRawSockets {
+		c.policy.Flags |= policyAllowRaw
 	}
 	if len(p.AllowedPorts) > 0 {
 		c.policy.Flags |= policyRestrictPort

@@ -5,6 +5,11 @@
 //
 //	sockprobe listen  -proto tcp|udp -addr ADDR:PORT [-name NAME] [-origdst]
 //	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold] [-sendto]
+//	sockprobe raw|ping|packet -addr ADDR:PORT   (socket creation only)
+//
+// Socket options and call variants an attacker would try (options.go):
+// -reuseport, -reuseport-after, -v6only, -freebind, -transparent, -nobind,
+// -bind, -pktinfo, -sendmmsg, -fastopen, -reconnect, -uring, -thread.
 //
 // listen binds (and listens, for TCP), prints {"ok":true,"local":...} and
 // serves until killed: a TCP peer gets "NAME\n", a UDP datagram is answered
@@ -67,10 +72,16 @@ func main() {
 	hold := fs.Bool("hold", false, "keep the connection open and report how it ends")
 	sendto := fs.Bool("sendto", false, "UDP: use sendto on an unconnected socket")
 	origdst := fs.Bool("origdst", false, "UDP server: report each datagram's destination and reply from it")
+	opts.register(fs)
 	fs.Parse(os.Args[2:])
 	ap, err := netip.ParseAddrPort(*addr)
 	if err != nil {
 		fail("parse", err)
+	}
+	switch os.Args[1] {
+	case "raw", "ping", "packet":
+		special(os.Args[1], ap)
+		return
 	}
 	fd := socket(ap, *proto)
 	switch os.Args[1] {
@@ -80,8 +91,16 @@ func main() {
 		}
 		serve(fd, ap, *proto, *name)
 	case "connect":
-		if *sendto {
+		if opts.bind != "" {
+			bindFirst(fd)
+		}
+		switch {
+		case opts.pktinfo != "" || opts.sendmmsg:
+			datagramFrom(fd, ap, *send)
+		case *sendto:
 			datagram(fd, ap, *send)
+		case opts.fastopen:
+			fastOpen(fd, ap, *send)
 		}
 		dial(fd, ap, *proto, *send, *hold)
 	default:
@@ -105,9 +124,10 @@ func socket(ap netip.AddrPort, proto string) int {
 		fail("socket", err)
 	}
 	if family == unix.AF_INET6 {
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, boolInt(opts.v6only))
 	}
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	opts.apply(fd, family)
 	return fd
 }
 
@@ -137,10 +157,21 @@ func local(fd int) string {
 }
 
 func serve(fd int, ap netip.AddrPort, proto, name string) {
-	if err := unix.Bind(fd, sockaddr(ap)); err != nil {
-		fail("bind", err)
+	if !opts.nobind {
+		if err := opts.bindSocket(fd, sockaddr(ap)); err != nil {
+			fail("bind", err)
+		}
 	}
-	if proto == "tcp" {
+	if opts.reuseportAfter {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			fail("setsockopt", err)
+		}
+	}
+	if proto == "tcp" && opts.uring {
+		if err := uringListen(fd, 128); err != nil {
+			fail("listen", err)
+		}
+	} else if proto == "tcp" {
 		if err := unix.Listen(fd, 128); err != nil {
 			fail("listen", err)
 		}
@@ -247,8 +278,25 @@ func datagram(fd int, ap netip.AddrPort, send string) {
 }
 
 func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
-	if err := unix.Connect(fd, sockaddr(ap)); err != nil {
+	if err := opts.connect(fd, sockaddr(ap)); err != nil {
 		fail("connect", err)
+	}
+	if opts.reconnect {
+		// Dissolve the association (connect(AF_UNSPEC)) and connect again:
+		// the second connect must leave from the pinned source too.
+		if err := disconnect(fd); err != nil && proto == "udp" {
+			fail("disconnect", err)
+		}
+		for {
+			err := unix.Connect(fd, sockaddr(ap))
+			if err == nil || (err != unix.EALREADY && err != unix.EINPROGRESS) {
+				if err != nil {
+					fail("reconnect", err)
+				}
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	r := result{OK: true, Event: "connected", Local: local(fd)}
 	if sa, err := unix.Getpeername(fd); err == nil {
