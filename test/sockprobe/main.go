@@ -267,14 +267,7 @@ func datagram(fd int, ap netip.AddrPort, send string) {
 	if err := unix.Sendto(fd, []byte(send), 0, sockaddr(ap)); err != nil {
 		fail("sendto", err)
 	}
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
-	buf := make([]byte, 2048)
-	n, from, err := recvfrom(fd, buf, 0)
-	if err != nil {
-		fail("recvfrom", err)
-	}
-	emit(result{OK: true, Event: "reply", Local: local(fd), Peer: format(from), Reply: string(buf[:n])})
-	os.Exit(0)
+	reply(fd)
 }
 
 func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
