@@ -343,4 +343,13 @@ func TestBypass(t *testing.T) {
 		// A dual-stack container's v6-only :: is its IPv6 address.
 		w.server(t, w.a, ap(addrA6, 26052), "-addr", "[::]:26052", "-v6only")
 	})
+	t.Run("detach releases the addresses", func(t *testing.T) {
+		// Last: B goes away, and its address is a plain loopback address
+		// again (and can be attached to someone else).
+		testenv.Detach(t, w.dir, "bypass-b")
+		w.server(t, w.a, ap(addrB, 26060), "-addr", ap(addrB, 26060))
+		cg := testenv.Cgroup(t, "bypass-b2")
+		testenv.Attach(t, w.dir, "bypass-b2", cg.Path, `{"addresses": ["`+addrB+`"]}`, w.ns.Path)
+		w.refused(t, w.a, "EPERM", "listen", "-addr", ap(addrB, 26061))
+	})
 }
