@@ -155,6 +155,9 @@ func TestBypass(t *testing.T) {
 		w.refused(t, w.a, "EPERM", "connect", "-proto", "udp", "-addr", "127.0.0.1:26020", "-pktinfo", addrB)
 		w.refused(t, w.a, "EPERM", "connect", "-proto", "udp", "-addr", "[::ffff:127.0.0.1]:26020", "-pktinfo", "::ffff:"+addrB)
 		w.refused(t, w.a, "EPERM", "connect", "-proto", "udp", "-addr", "127.0.0.1:26020", "-pktinfo", "10.10.0.99")
+		// On a connected socket too: a control message makes the kernel
+		// treat the send as unconnected and run the hook.
+		w.refused(t, w.a, "EPERM", "connect", "-proto", "udp", "-addr", "127.0.0.1:26020", "-pktinfo", addrB, "-connected")
 		// Its own address is fine, and is what the peer sees.
 		w.connect(t, w.a, "-proto", "udp", "-addr", "127.0.0.1:26020", "-pktinfo", addrA)
 		if got := peer(t, sink); !strings.HasPrefix(got, addrA+":") {

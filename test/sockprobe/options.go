@@ -22,6 +22,7 @@ type options struct {
 	bind           string // connect: bind this address first
 	pktinfo        string // UDP: the source to ask for with IP_PKTINFO / IPV6_PKTINFO
 	sendmmsg       bool   // UDP: send with sendmmsg(2)
+	connected      bool   // UDP: connect first, then sendmsg with no address
 	fastopen       bool   // TCP: sendto(MSG_FASTOPEN) instead of connect
 	reconnect      bool   // connect, connect(AF_UNSPEC), connect again
 	uring          bool   // bind/listen/connect through io_uring
@@ -40,6 +41,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.bind, "bind", "", "connect: bind ADDR:PORT first")
 	fs.StringVar(&o.pktinfo, "pktinfo", "", "UDP: source address for IP_PKTINFO/IPV6_PKTINFO")
 	fs.BoolVar(&o.sendmmsg, "sendmmsg", false, "UDP: send with sendmmsg")
+	fs.BoolVar(&o.connected, "connected", false, "UDP -pktinfo: connect first, then sendmsg without an address")
 	fs.BoolVar(&o.fastopen, "fastopen", false, "TCP: connect with sendto(MSG_FASTOPEN)")
 	fs.BoolVar(&o.reconnect, "reconnect", false, "connect, connect(AF_UNSPEC), connect again")
 	fs.BoolVar(&o.uring, "uring", false, "bind/listen/connect through io_uring")
@@ -141,10 +143,17 @@ func datagramFrom(fd int, ap netip.AddrPort, send string) {
 		oob = pktinfo(src)
 	}
 	var err error
+	to := sockaddr(ap)
+	if opts.connected {
+		if err := unix.Connect(fd, to); err != nil {
+			fail("connect", err)
+		}
+		to = nil
+	}
 	if opts.sendmmsg {
 		err = sendmmsg(fd, []byte(send), oob, ap)
 	} else {
-		_, err = unix.SendmsgN(fd, []byte(send), oob, sockaddr(ap), 0)
+		_, err = unix.SendmsgN(fd, []byte(send), oob, to, 0)
 	}
 	if err != nil {
 		fail("sendmsg", err)
