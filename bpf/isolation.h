@@ -3,9 +3,10 @@
  * neighbour's addresses, ports or sources (docs/security.md).
  *
  * - Address ownership: iso_owners maps (network namespace, address) to the
- *   key of the attachment whose policy has that address; pkg/isolation
- *   writes it at attach and detach. A bind to, or a UDP source (IP_PKTINFO,
- *   IPV6_PKTINFO) of, an address another attachment owns fails with EPERM.
+ *   number of attachments whose policies have that address (a pod's
+ *   containers share one); pkg/isolation writes it at attach and detach. A
+ *   bind to, or a UDP source (IP_PKTINFO, IPV6_PKTINFO) of, an address
+ *   owned by attachments other than the container's fails with EPERM.
  * - Port sharing: a bind to a port where a socket of another owner (the
  *   host or another container) already listens (TCP) or is bound (UDP) on
  *   an overlapping address fails with EADDRINUSE, as it would without
@@ -58,7 +59,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct owner_key);
-	__type(value, __u64);
+	__type(value, __u64); /* how many attachments have the address */
 } iso_owners SEC(".maps");
 
 struct {
@@ -70,16 +71,15 @@ struct {
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
-/* Is addr (16 bytes, v4-mapped for IPv4) the address of an attachment
- * other than key, in this socket's network namespace? */
-static __always_inline bool owned_by_other(void *ctx, __u64 key, const __u32 addr[4])
+/* Is addr (16 bytes, v4-mapped for IPv4) an attachment's address in this
+ * socket's network namespace? Callers ask only about addresses that are
+ * not the container's own, so any owner is another attachment. */
+static __always_inline bool owned_by_other(void *ctx, const __u32 addr[4])
 {
 	struct owner_key k = {.netns = bpf_get_netns_cookie(ctx)};
-	__u64 *owner;
 
 	copy6(k.addr, addr);
-	owner = bpf_map_lookup_elem(&iso_owners, &k);
-	return owner && *owner != key;
+	return bpf_map_lookup_elem(&iso_owners, &k) != NULL;
 }
 
 static __always_inline bool own_address(const struct policy *p, const __u32 addr[4])
@@ -92,12 +92,11 @@ static __always_inline bool own_address(const struct policy *p, const __u32 addr
 /* May the container use addr as a source or bind address? Its own, yes;
  * another attachment's, never; otherwise what bind4/bind6 allow: anything
  * for a container without addresses, loopback for one with. */
-static __always_inline bool address_allowed(void *ctx, __u64 key, const struct policy *p,
-					    const __u32 addr[4])
+static __always_inline bool address_allowed(void *ctx, const struct policy *p, const __u32 addr[4])
 {
 	if (own_address(p, addr))
 		return true;
-	if (owned_by_other(ctx, key, addr))
+	if (owned_by_other(ctx, addr))
 		return false;
 	if (!(p->flags & POLICY_HAS_ADDR))
 		return true;
@@ -171,7 +170,7 @@ static __always_inline int isolation_bind(struct bpf_sock_addr *ctx, __u64 key,
 		return SYSCALL_ALLOW;
 	if (!own_address(p, addr)) {
 		if (!is_any6(addr) && !(is_v4mapped(addr) && addr[3] == 0) &&
-		    owned_by_other(ctx, key, addr))
+		    owned_by_other(ctx, addr))
 			return SYSCALL_DENY;
 		shared = p->flags & POLICY_HAS_ADDR;
 	}
@@ -231,7 +230,7 @@ static __always_inline bool isolation_source4(struct bpf_sock_addr *ctx, __u64 k
 {
 	__u32 src[4] = {0, 0, bpf_htonl(0x0000ffff), ctx->msg_src_ip4};
 
-	return src[3] == 0 || address_allowed(ctx, key, p, src);
+	return src[3] == 0 || address_allowed(ctx, p, src);
 }
 
 static __always_inline bool isolation_source6(struct bpf_sock_addr *ctx, __u64 key,
@@ -243,7 +242,7 @@ static __always_inline bool isolation_source6(struct bpf_sock_addr *ctx, __u64 k
 	src[1] = ctx->msg_src_ip6[1];
 	src[2] = ctx->msg_src_ip6[2];
 	src[3] = ctx->msg_src_ip6[3];
-	return is_any6(src) || address_allowed(ctx, key, p, src);
+	return is_any6(src) || address_allowed(ctx, p, src);
 }
 
 static __always_inline bool raw_denied(void)

@@ -1,8 +1,10 @@
-// Package isolation keeps the kernel's record of which attachment owns
-// which address (the iso_owners map of bpf/isolation.h), so that the bind
+// Package isolation keeps the kernel's record of which addresses belong
+// to attachments (the iso_owners map of bpf/isolation.h), so that the bind
 // and sendmsg programs can refuse, in O(1), an address that belongs to
-// another container. Addresses are owned per network namespace: two
-// containers in two namespaces may have the same address.
+// another container. An address is owned per network namespace (two
+// containers in two namespaces may have the same one) and counted: the
+// containers of a pod list the same address, and it stays owned until the
+// last of them is detached.
 package isolation
 
 import (
@@ -18,7 +20,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
 )
 
-// Owners is the pinned iso_owners map of a state.
+// Owners is the pinned iso_owners map of a state. Callers hold the
+// state's exclusive lock, which serialises the counts' updates.
 type Owners struct {
 	m *ebpf.Map
 }
@@ -35,33 +38,18 @@ func OpenOwners(dir string) (*Owners, error) {
 // Close releases the map.
 func (o *Owners) Close() { o.m.Close() }
 
-// OwnedError is returned by Claim for an address another attachment
-// owns.
-type OwnedError struct {
-	Addr  netip.Addr
-	Owner uint64 // the other attachment's policy key
-}
-
-func (e *OwnedError) Error() string {
-	return fmt.Sprintf("address %s is owned by another attachment (policy key %d)", e.Addr, e.Owner)
-}
-
-// Claim records key as the owner of addrs in the network namespace with
-// the given cookie. It claims all or nothing: an address already owned by
-// another key is an *OwnedError, and nothing is written.
-func (o *Owners) Claim(netns uint64, addrs []netip.Addr, key uint64) error {
-	for _, a := range addrs {
-		var have uint64
-		err := o.m.Lookup(ownerKey(netns, a), &have)
-		if err == nil && have != key {
-			return &OwnedError{Addr: a, Owner: have}
-		} else if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+// Claim counts one more attachment owning addrs in the network namespace
+// with the given cookie. It claims all or nothing.
+func (o *Owners) Claim(netns uint64, addrs []netip.Addr) error {
+	for i, a := range addrs {
+		k := ownerKey(netns, a)
+		var n uint64
+		if err := o.m.Lookup(k, &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			o.Release(netns, addrs[:i])
 			return fmt.Errorf("read %s: %w", bpfobj.PortcullisMapIsoOwners, err)
 		}
-	}
-	for i, a := range addrs {
-		if err := o.m.Update(ownerKey(netns, a), key, ebpf.UpdateAny); err != nil {
-			o.Release(netns, addrs[:i], key)
+		if err := o.m.Update(k, n+1, ebpf.UpdateAny); err != nil {
+			o.Release(netns, addrs[:i])
 			if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
 				return fmt.Errorf("BPF map %s is full (%d entries): detach unused attachments", bpfobj.PortcullisMapIsoOwners, o.m.MaxEntries())
 			}
@@ -71,14 +59,19 @@ func (o *Owners) Claim(netns uint64, addrs []netip.Addr, key uint64) error {
 	return nil
 }
 
-// Release removes the addresses key owns; an address owned by someone else
-// (or no one) is left alone, so Release is idempotent.
-func (o *Owners) Release(netns uint64, addrs []netip.Addr, key uint64) {
+// Release counts one attachment fewer owning addrs; an address nobody owns
+// any more is removed. An address already gone is left alone.
+func (o *Owners) Release(netns uint64, addrs []netip.Addr) {
 	for _, a := range addrs {
-		var have uint64
 		k := ownerKey(netns, a)
-		if o.m.Lookup(k, &have) == nil && have == key {
+		var n uint64
+		if o.m.Lookup(k, &n) != nil {
+			continue
+		}
+		if n <= 1 {
 			o.m.Delete(k)
+		} else {
+			o.m.Update(k, n-1, ebpf.UpdateExist)
 		}
 	}
 }

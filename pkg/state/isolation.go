@@ -1,16 +1,12 @@
 package state
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/portcullis-net/portcullis/pkg/isolation"
 )
 
-// claimAddresses makes the attachment the owner of its policy's addresses
+// claimAddresses makes the attachment an owner of its policy's addresses
 // in its network namespace, so no other container can bind them or send
-// from them (bpf/isolation.h). An address another attachment owns is
-// refused, naming it. It sets a.NetNSCookie.
+// from them (bpf/isolation.h). It sets a.NetNSCookie.
 func (s *State) claimAddresses(a *Attachment) (undo func(), err error) {
 	if len(a.Policy.Addresses) == 0 {
 		return func() {}, nil
@@ -28,14 +24,7 @@ func (s *State) claimAddresses(a *Attachment) (undo func(), err error) {
 		return nil, err
 	}
 	defer owners.Close()
-	var owned *isolation.OwnedError
-	if err := owners.Claim(cookie, a.Policy.Addresses, policyKey(a)); errors.As(err, &owned) {
-		other, _ := s.attachmentOfKey(owned.Owner)
-		if other == "" {
-			other = fmt.Sprintf("key %d", owned.Owner)
-		}
-		return nil, fmt.Errorf("address %s is already the address of attachment %q: two containers cannot share an address", owned.Addr, other)
-	} else if err != nil {
+	if err := owners.Claim(cookie, a.Policy.Addresses); err != nil {
 		return nil, err
 	}
 	a.NetNSCookie = cookie
@@ -53,5 +42,5 @@ func (s *State) releaseAddresses(a *Attachment) {
 		return
 	}
 	defer owners.Close()
-	owners.Release(a.NetNSCookie, a.Policy.Addresses, policyKey(a))
+	owners.Release(a.NetNSCookie, a.Policy.Addresses)
 }
