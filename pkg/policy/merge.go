@@ -20,7 +20,8 @@ type Layer struct {
 //
 //   - addresses, allowedPorts, connectionLimits, groups, egress and
 //     egressDefault: the last layer that sets them wins, so a named policy
-//     can narrow the network's ports or replace its egress rules;
+//     can narrow the network's ports or replace its egress rules; dispatch
+//     bindings likewise;
 //   - portMappings accumulate; the same mapping given twice is kept once,
 //     and two different mappings of one containerPort (or onto one
 //     hostPort) are an error naming both sources.
@@ -49,6 +50,9 @@ func Merge(layers ...Layer) (*Policy, error) {
 			out.AllowedPorts = slices.Clone(l.Policy.AllowedPorts)
 		}
 		mergeEgress(&out, l.Policy)
+		if len(l.Policy.Dispatch) > 0 {
+			out.Dispatch = slices.Clone(l.Policy.Dispatch)
+		}
 		for _, m := range l.Policy.PortMappings {
 			m.Protocol = Protocol(strings.ToLower(string(m.Protocol)))
 			if m.Protocol == "" {
