@@ -534,3 +534,40 @@ func unmap(s string) string {
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 }
+
+// A container in the host's namespace may dispatch only its own address:
+// sk_lookup runs before every host listener, so a wider prefix would take
+// the host's traffic (its policy may come from its own annotations).
+func TestAHostNetworkContainerDispatchesOnlyItsOwnAddress(t *testing.T) {
+	dir := testenv.StateDir(t)
+	ctl := testenv.Binary(t, "./cmd/portcullisctl")
+	cg := testenv.Cgroup(t, "dispatch-host")
+	attach := func(doc string) (string, error) {
+		cmd := exec.Command(ctl, "attach", "--cgroup", cg.Path, "--id", "hostnet", "--policy", "/dev/stdin")
+		cmd.Stdin = strings.NewReader(doc)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, prefix := range []string{"0.0.0.0/0", "127.0.0.0/8", "127.16.9.0/24", "127.16.9.2/32"} {
+		out, err := attach(`{"addresses": ["127.16.9.1"], "dispatch": [{"label": "steal", "protocol": "tcp", "prefix": "` + prefix + `", "ports": "16022"}]}`)
+		if err == nil || !strings.Contains(out, "dispatch[0].prefix: "+prefix+" is not one of the container's addresses") {
+			t.Fatalf("host-network dispatch of %s: %v %s", prefix, err, out)
+		}
+	}
+	if out, _ := exec.Command(ctl, "status").CombinedOutput(); strings.Contains(string(out), "hostnet") {
+		t.Fatalf("a refused attach left an attachment:\n%s", out)
+	}
+	if _, err := os.Stat(dir + "/dispatch"); err == nil {
+		entries, _ := os.ReadDir(dir + "/dispatch")
+		if len(entries) > 0 {
+			t.Fatalf("a refused attach left a dispatcher: %v", entries)
+		}
+	}
+	// Its own address is fine, and detach takes it away again.
+	if out, err := attach(`{"addresses": ["127.16.9.1"], "dispatch": [{"label": "mine", "protocol": "tcp", "prefix": "127.16.9.1/32", "ports": "16022-16023"}]}`); err != nil {
+		t.Fatalf("host-network dispatch of its own address: %v %s", err, out)
+	}
+	if out, err := exec.Command(ctl, "detach", "--id", "hostnet").CombinedOutput(); err != nil {
+		t.Fatalf("detach: %v %s", err, out)
+	}
+}

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -94,6 +96,9 @@ func attachHook(s *state.State, a *state.Attachment) (err error) {
 	if len(a.Policy.Dispatch) == 0 {
 		return nil
 	}
+	if err := checkShared(a); err != nil {
+		return err
+	}
 	d, err := Open(s, a.NetNS, true)
 	if err != nil {
 		return fmt.Errorf("dispatch: %w", err)
@@ -126,6 +131,47 @@ func (d *Dispatcher) checkLabels(a *state.Attachment) error {
 	return nil
 }
 
+// checkShared keeps a container in the host's network namespace to its own
+// addresses. sk_lookup runs before every listener of the namespace, so a
+// binding there over, say, 0.0.0.0/0 port 22 would take the host's sshd
+// traffic; and a container's policy can come from its own annotations.
+// A container in a namespace of its own can only redirect its own traffic,
+// so there any prefix is allowed. The operator's `portcullisctl dispatch
+// bind` is not limited.
+func checkShared(a *state.Attachment) error {
+	mine, err := netnsInode(a.NetNS)
+	if err != nil {
+		return err
+	}
+	host, err := netnsInode("")
+	if err != nil || mine != host {
+		return err
+	}
+	for i, e := range a.Policy.Dispatch {
+		b, err := FromPolicy(e)
+		if err != nil {
+			return fmt.Errorf("dispatch[%d]: %w", i, err)
+		}
+		if !ownPrefix(&a.Policy, b.Prefix) {
+			return fmt.Errorf("dispatch[%d].prefix: %s is not one of the container's addresses; in the host network namespace a container may dispatch only its own addresses (/32 or /128)", i, b.Prefix)
+		}
+	}
+	return nil
+}
+
+// ownPrefix tells whether prefix is exactly one of the policy's addresses.
+func ownPrefix(p *policy.Policy, prefix netip.Prefix) bool {
+	if !prefix.IsSingleIP() {
+		return false
+	}
+	for _, have := range p.Addresses {
+		if have.Unmap() == prefix.Addr().Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *Dispatcher) bindAll(a *state.Attachment) error {
 	for i, e := range a.Policy.Dispatch {
 		b, err := FromPolicy(e)
@@ -145,6 +191,9 @@ func (d *Dispatcher) bindAll(a *state.Attachment) error {
 func updateHook(s *state.State, old, next *state.Attachment) error {
 	if reflect.DeepEqual(old.Policy.Dispatch, next.Policy.Dispatch) {
 		return nil
+	}
+	if err := checkShared(next); err != nil {
+		return err
 	}
 	d, err := Open(s, next.NetNS, len(next.Policy.Dispatch) > 0)
 	if errors.Is(err, ErrNoDispatcher) {
