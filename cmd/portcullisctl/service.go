@@ -202,7 +202,7 @@ func joinEndpoints(list []services.Endpoint) string {
 	return orDash(strings.Join(s, ","))
 }
 
-var backendHeader = []string{"KIND", "BACKEND", "ATTACHMENT", "LIVE"}
+var backendHeader = []string{"KIND", "BACKEND", "ATTACHMENT", "NODE", "LIVE"}
 
 func newServiceShow(opts *options) *cobra.Command {
 	return &cobra.Command{
@@ -237,7 +237,11 @@ func newServiceShow(opts *options) *cobra.Command {
 					} else {
 						addr = fmt.Sprintf("(not listening on %d/%s)", b.Port, b.Protocol)
 					}
-					rows = append(rows, []string{b.Kind, addr, orDash(b.Attachment), map[bool]string{true: "yes", false: "no"}[b.Live]})
+					node := b.Node
+					if b.Kind != "remote" {
+						node = "(this host)"
+					}
+					rows = append(rows, []string{b.Kind, addr, orDash(b.Attachment), node, map[bool]string{true: "yes", false: "no"}[b.Live]})
 				}
 				if err := render(out, opts, nil, backendHeader, rows); err != nil {
 					return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -19,6 +20,7 @@ func (m *Maps) loadNames() error {
 		return nil
 	}
 	m.ids, m.names = map[string]uint32{}, map[uint32]string{}
+	m.nodeIDs, m.nodeNames = map[string]uint32{}, map[uint32]string{}
 	var (
 		key svcName
 		id  uint32
@@ -26,6 +28,10 @@ func (m *Maps) loadNames() error {
 	iter := m.nameMap.Iterate()
 	for iter.Next(&key, &id) {
 		name := cString(key.Name[:])
+		if node, ok := strings.CutPrefix(name, nodePrefix); ok {
+			m.nodeIDs[node], m.nodeNames[id] = id, node
+			continue
+		}
 		m.ids[name], m.names[id] = id, name
 	}
 	return iter.Err()
@@ -94,13 +100,21 @@ func (m *Maps) Put(d Declaration, providers []Provider) error {
 	if err != nil {
 		return err
 	}
+	var remotes []Remote
+	if !fresh {
+		svc, err := m.service(id, nil)
+		if err != nil {
+			return err
+		}
+		remotes = remotesOf(svc) // a declaration names static backends; sync owns the remote ones
+	}
 	if err := m.setFrontends(id, d.Name, d.Frontends, fresh); err != nil {
 		if fresh {
 			m.Delete(d.Name)
 		}
 		return err
 	}
-	return m.writeSlots(id, slotsFor(d.Name, d.Backends, providers))
+	return m.writeSlots(id, m.slotsFor(d.Name, d.Backends, remotes, providers))
 }
 
 // Create adds a new service; it fails if the name exists.
@@ -150,7 +164,7 @@ func (m *Maps) AddBackend(name string, e Endpoint, providers []Provider) error {
 			return nil
 		}
 	}
-	return m.writeSlots(svc.ID, slotsFor(name, append(statics, e), providers))
+	return m.writeSlots(svc.ID, m.slotsFor(name, append(statics, e), remotesOf(svc), providers))
 }
 
 // DelBackend removes a static backend from a service.
@@ -171,7 +185,7 @@ func (m *Maps) DelBackend(name string, e Endpoint, providers []Provider) error {
 	if !found {
 		return fmt.Errorf("service %s has no static backend %s", name, e)
 	}
-	return m.writeSlots(svc.ID, slotsFor(name, keep, providers))
+	return m.writeSlots(svc.ID, m.slotsFor(name, keep, remotesOf(svc), providers))
 }
 
 // Sync recomputes the provider backends of the named services (those an
@@ -185,7 +199,7 @@ func (m *Maps) Sync(names []string, providers []Provider) error {
 		} else if err != nil {
 			return err
 		}
-		if err := m.writeSlots(svc.ID, slotsFor(name, staticsOf(svc), providers)); err != nil {
+		if err := m.writeSlots(svc.ID, m.slotsFor(name, staticsOf(svc), remotesOf(svc), providers)); err != nil {
 			return err
 		}
 	}
@@ -202,12 +216,20 @@ func staticsOf(svc *Service) []Endpoint {
 	return list
 }
 
-// slotsFor is a service's backend slots: static backends, then its
-// providers in attachment order.
-func slotsFor(name string, statics []Endpoint, providers []Provider) []backendVal {
+func staticSlot(e Endpoint, node uint32) backendVal {
+	return backendVal{CgroupID: uint64(node), Addr: addr16(e.Addr.Addr()), Port: e.Addr.Port(), Kind: kindStatic, Protocol: e.Protocol.Number()}
+}
+
+// slotsFor is a service's backend slots: static backends, remote ones
+// (static slots that name their node), then its providers in attachment
+// order. The nodes of remotes must have ids (nodeID) already.
+func (m *Maps) slotsFor(name string, statics []Endpoint, remotes []Remote, providers []Provider) []backendVal {
 	var slots []backendVal
 	for _, e := range statics {
-		slots = append(slots, backendVal{Addr: addr16(e.Addr.Addr()), Port: e.Addr.Port(), Kind: kindStatic, Protocol: e.Protocol.Number()})
+		slots = append(slots, staticSlot(e, 0))
+	}
+	for _, r := range remotes {
+		slots = append(slots, staticSlot(r.Endpoint, m.nodeIDs[r.Node]))
 	}
 	var mine []Provider
 	for _, p := range providers {
@@ -383,6 +405,10 @@ func (m *Maps) backend(b *backendVal) Backend {
 	proto := protocolOf(b.Protocol)
 	if b.Kind == kindStatic {
 		e := Endpoint{netip.AddrPortFrom(fromAddr16(b.Addr), b.Port), proto}
+		if b.CgroupID != 0 {
+			node := m.nodeNames[uint32(b.CgroupID)]
+			return Backend{Kind: "remote", Endpoint: &e, Node: node, Protocol: proto, Live: true}
+		}
 		return Backend{Kind: "static", Endpoint: &e, Protocol: proto, Live: true}
 	}
 	out := Backend{Kind: "provider", CgroupID: b.CgroupID, Port: b.Port, Protocol: proto}

@@ -95,6 +95,9 @@ type Maps struct {
 	// The name <-> id table, read once from svc_names.
 	ids   map[string]uint32
 	names map[uint32]string
+	// Node names of remote backends (see remote.go), from the same map.
+	nodeIDs   map[string]uint32
+	nodeNames map[uint32]string
 }
 
 // Open opens the service maps pinned under dir (the state directory).

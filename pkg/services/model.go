@@ -115,8 +115,11 @@ type Service struct {
 
 // Backend is one backend slot and whether the kernel would pick it now.
 type Backend struct {
-	// Kind is "static" or "provider".
+	// Kind is "static", "remote" (a live backend of another host, written
+	// by portcullisctl sync) or "provider".
 	Kind string `json:"kind"`
+	// Node is the host a remote backend lives on.
+	Node string `json:"node,omitempty"`
 	// Endpoint is the static address, or where the provider listens
 	// (its bound address; absent while it does not listen).
 	Endpoint *Endpoint `json:"endpoint,omitempty"`

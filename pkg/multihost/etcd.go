@@ -1,0 +1,247 @@
+package multihost
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Etcd shares backends under PREFIX/backends/SERVICE/NODE/ENDPOINT, each
+// key held by the node's lease: a node that stops renewing it (killed,
+// partitioned) loses its keys when the TTL runs out, and every watcher
+// sees them deleted.
+type Etcd struct {
+	client *clientv3.Client
+	prefix string
+	node   string
+	ttl    time.Duration
+	log    *log.Logger
+}
+
+// retryEvery is how long a failed etcd call waits before it is retried.
+const retryEvery = 500 * time.Millisecond
+
+// NewEtcd connects (lazily: a down cluster is retried, not an error) to
+// the endpoints.
+func NewEtcd(endpoints []string, prefix, node string, ttl time.Duration, logger *log.Logger) (*Etcd, error) {
+	if ttl < 2*time.Second {
+		return nil, fmt.Errorf("--ttl %s: must be at least 2s (etcd leases count in seconds)", ttl)
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          2 * time.Second,
+		DialKeepAliveTime:    time.Second,
+		DialKeepAliveTimeout: time.Second,
+		Logger:               zap.NewNop(), // we log what we do ourselves
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", strings.Join(endpoints, ","), err)
+	}
+	return &Etcd{client: c, prefix: strings.TrimRight(prefix, "/") + "/backends/", node: node, ttl: ttl, log: logger}, nil
+}
+
+// Close closes the client.
+func (e *Etcd) Close() error { return e.client.Close() }
+
+func (e *Etcd) key(b Backend) string { return e.prefix + b.Key() }
+
+// Publish implements Source.
+func (e *Etcd) Publish(ctx context.Context, local <-chan []Backend) error {
+	var (
+		want      = map[string]string{} // key -> value this node should have
+		published map[string]string     // what etcd holds under our lease
+		lease     clientv3.LeaseID
+		alive     <-chan *clientv3.LeaseKeepAliveResponse
+		retry     <-chan time.Time
+	)
+	for {
+		if lease == 0 {
+			if id, ka, err := e.grant(ctx); err != nil {
+				e.log.Printf("etcd: lease: %v (retrying)", err)
+			} else {
+				lease, alive, published = id, ka, map[string]string{}
+				e.log.Printf("etcd: lease %x granted (ttl %s)", lease, e.ttl)
+			}
+		}
+		retry = nil
+		if lease != 0 {
+			if err := e.reconcile(ctx, lease, want, published); errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				e.log.Printf("etcd: lease %x expired; republishing under a new one", lease)
+				lease, alive, retry = 0, nil, time.After(0)
+			} else if err != nil {
+				e.log.Printf("etcd: publish: %v (retrying)", err)
+				retry = time.After(retryEvery)
+			}
+		} else {
+			retry = time.After(retryEvery)
+		}
+		select {
+		case <-ctx.Done():
+			if lease != 0 {
+				// Withdraw at once instead of after the TTL.
+				rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, err := e.client.Revoke(rctx, lease)
+				cancel()
+				if err == nil {
+					e.log.Printf("etcd: lease %x revoked, backends withdrawn", lease)
+				}
+			}
+			return nil
+		case list := <-local:
+			want = map[string]string{}
+			for _, b := range list {
+				v, _ := json.Marshal(b)
+				want[e.key(b)] = string(v)
+			}
+		case _, ok := <-alive:
+			if !ok {
+				e.log.Printf("etcd: lease %x lost; republishing under a new one", lease)
+				lease, alive = 0, nil
+			}
+		case <-retry:
+		}
+	}
+}
+
+func (e *Etcd) grant(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
+	gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	l, err := e.client.Grant(gctx, int64(e.ttl/time.Second))
+	if err != nil {
+		return 0, nil, err
+	}
+	ka, err := e.client.KeepAlive(ctx, l.ID)
+	if err != nil {
+		return 0, nil, err
+	}
+	return l.ID, ka, nil
+}
+
+// reconcile makes etcd hold want under lease, given that it holds
+// published; published is updated as calls succeed.
+func (e *Etcd) reconcile(ctx context.Context, lease clientv3.LeaseID, want, published map[string]string) error {
+	for k, v := range want {
+		if published[k] == v {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := e.client.Put(cctx, k, v, clientv3.WithLease(lease))
+		cancel()
+		if err != nil {
+			return err
+		}
+		published[k] = v
+		e.log.Printf("etcd: published %s", strings.TrimPrefix(k, e.prefix))
+	}
+	for k := range published {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := e.client.Delete(cctx, k)
+		cancel()
+		if err != nil {
+			return err
+		}
+		delete(published, k)
+		e.log.Printf("etcd: withdrew %s", strings.TrimPrefix(k, e.prefix))
+	}
+	return nil
+}
+
+// Watch implements Source: a full read, then a watch from the revision
+// after it; any watch error (a lost leader, a compacted revision, a
+// closed connection) starts over with a full read, so no deleted backend
+// survives a reconnect.
+func (e *Etcd) Watch(ctx context.Context, update func([]Backend)) error {
+	for ctx.Err() == nil {
+		rev, set, err := e.read(ctx)
+		if err != nil {
+			e.log.Printf("etcd: read %s: %v (retrying)", e.prefix, err)
+			sleep(ctx, retryEvery)
+			continue
+		}
+		e.log.Printf("etcd: resynced at revision %d: %d remote backends", rev, len(set))
+		update(values(set))
+		err = e.follow(ctx, rev, set, update)
+		if ctx.Err() == nil {
+			e.log.Printf("etcd: watch ended (%v); resyncing", err)
+			sleep(ctx, retryEvery/5)
+		}
+	}
+	return nil
+}
+
+func (e *Etcd) read(ctx context.Context) (int64, map[string]Backend, error) {
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	resp, err := e.client.Get(rctx, e.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, nil, err
+	}
+	set := map[string]Backend{}
+	for _, kv := range resp.Kvs {
+		e.add(set, string(kv.Key), kv.Value)
+	}
+	return resp.Header.Revision, set, nil
+}
+
+// add records a key's backend unless it is this node's or unreadable.
+func (e *Etcd) add(set map[string]Backend, key string, value []byte) {
+	var b Backend
+	if err := json.Unmarshal(value, &b); err != nil {
+		e.log.Printf("etcd: ignoring %s: %v", key, err)
+		return
+	}
+	if b.Node != e.node {
+		set[key] = b
+	}
+}
+
+func (e *Etcd) follow(ctx context.Context, rev int64, set map[string]Backend, update func([]Backend)) error {
+	// Without a leader the member we talk to is cut off: end the watch
+	// so that the next read goes to a member that has one.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range e.client.Watch(wctx, e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			k := string(ev.Kv.Key)
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(set, k)
+			} else {
+				e.add(set, k, ev.Kv.Value)
+			}
+		}
+		if len(wr.Events) > 0 {
+			update(values(set))
+		}
+	}
+	return ctx.Err()
+}
+
+func values(set map[string]Backend) []Backend {
+	list := make([]Backend, 0, len(set))
+	for _, b := range set {
+		list = append(list, b)
+	}
+	sortBackends(list)
+	return list
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
