@@ -2,6 +2,7 @@ package multihost
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/netip"
@@ -31,6 +32,10 @@ type Syncer struct {
 	// without a change (services declared or re-created since).
 	Reconcile time.Duration
 	Log       *log.Logger
+
+	// applied is what the last apply wrote, by service: an update
+	// touches only the services whose remote set changed. nil: unknown.
+	applied map[string][]services.Remote
 }
 
 // Run syncs until ctx ends.
@@ -70,12 +75,12 @@ func (y *Syncer) Run(ctx context.Context) error {
 				offer(local, list)
 			}
 		case have = <-remote:
-			if err := y.apply(have); err != nil {
+			if err := y.apply(have, false); err != nil {
 				y.Log.Printf("write remote backends: %v", err)
 			}
 		case <-reconcile.C:
 			if have != nil {
-				if err := y.apply(have); err != nil {
+				if err := y.apply(have, true); err != nil {
 					y.Log.Printf("write remote backends: %v", err)
 				}
 			}
@@ -140,11 +145,30 @@ func (y *Syncer) Local() ([]Backend, error) {
 // apply makes the remote backends of every local service exactly those of
 // list (a backend of a service this host does not have waits until it
 // has it), and terminates the local clients of the backends it removed.
-func (y *Syncer) apply(list []Backend) error {
+// Unless full, only the services whose set differs from the last apply
+// are read and written: with thousands of services one change costs one
+// service.
+func (y *Syncer) apply(list []Backend, full bool) error {
 	byService := map[string][]services.Remote{}
 	for _, b := range list {
 		if b.Node != y.Node {
 			byService[b.Service] = append(byService[b.Service], services.Remote{Node: b.Node, Endpoint: b.Endpoint})
+		}
+	}
+	var names []string // services to look at; nil with full
+	if !full && y.applied != nil {
+		for name, want := range byService {
+			if !slices.Equal(want, y.applied[name]) {
+				names = append(names, name)
+			}
+		}
+		for name := range y.applied {
+			if _, ok := byService[name]; !ok {
+				names = append(names, name)
+			}
+		}
+		if len(names) == 0 {
+			return nil
 		}
 	}
 	s, err := state.Open(y.StateDir, true)
@@ -152,10 +176,21 @@ func (y *Syncer) apply(list []Backend) error {
 		return err
 	}
 	defer s.Close()
-	return s.WithServices(func(m *services.Maps, providers []services.Provider) error {
-		all, err := m.List()
-		if err != nil {
-			return err
+	err = s.WithServices(func(m *services.Maps, providers []services.Provider) error {
+		var all []services.Service
+		if names == nil {
+			if all, err = m.List(); err != nil {
+				return err
+			}
+		}
+		for _, name := range names {
+			svc, err := m.Get(name)
+			if errors.Is(err, services.ErrNotFound) {
+				continue // not declared here (yet): the periodic full apply adds it
+			} else if err != nil {
+				return err
+			}
+			all = append(all, *svc)
 		}
 		var removed []terminate.Target
 		for i := range all {
@@ -195,4 +230,10 @@ func (y *Syncer) apply(list []Backend) error {
 		}
 		return nil
 	})
+	if err != nil {
+		y.applied = nil // unknown: the next apply is full
+		return err
+	}
+	y.applied = byService
+	return nil
 }
