@@ -11,8 +11,6 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
-
 /* The container: its cgroup (a socket belongs to it when the socket's
  * cgroup is this one or below it; 0 for a container keyed by its network
  * namespace, whose sockets are all those of the namespace the iterator
@@ -93,8 +91,8 @@ static __always_inline void check(struct bpf_iter_meta *meta, struct sock_common
 	if (target_cgroup && !in_target(sk))
 		return;
 	ev.cgroup_id = target_cgroup;
-	if (!dry_run)
-		ev.result = bpf_sock_destroy(skc);
+	if (!dry_run && term_destroy(meta, &ev, skc))
+		return;
 	bpf_seq_write(meta->seq, &ev, sizeof(ev));
 }
 

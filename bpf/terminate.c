@@ -6,9 +6,10 @@
  * A socket iterator walks the sockets of one network namespace (the one of
  * the process that created the iterator), so pkg/terminate runs these
  * programs once per namespace that holds attached containers. For every
- * matching socket the program writes one struct term_event to the
- * iterator's output; after the last socket it writes a summary with the
- * number of sockets it scanned.
+ * matching socket it lists (a dry run) or fails to destroy, the program
+ * writes one struct term_event to the iterator's output; after the last
+ * socket it writes a summary with the number of sockets it scanned and
+ * destroyed (bpf/sockiter.h says why destroyed sockets get no event).
  *
  * A socket matches when
  *   - its peer address and port are in `targets` (or the address with port
@@ -21,8 +22,6 @@
 #include "sockiter.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* The pinned policies map of portcullis.c, shared through MapReplacements:
  * its keys are the attached cgroups. Must be declared exactly as there. */
@@ -114,8 +113,8 @@ static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_co
 	if (!ev.cgroup_id)
 		return;
 	term_socket(&ev, skc);
-	if (action == TERM_DESTROY)
-		ev.result = bpf_sock_destroy(skc);
+	if (action == TERM_DESTROY && term_destroy(meta, &ev, skc))
+		return;
 	bpf_seq_write(meta->seq, &ev, sizeof(ev));
 }
 

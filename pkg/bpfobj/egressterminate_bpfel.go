@@ -77,20 +77,27 @@ type EgressTerminateMemberKey struct {
 	Bit  uint32
 }
 
+type EgressTerminateTermCounts struct {
+	_         structs.HostLayout
+	Matched   uint64
+	Destroyed uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	EgressTerminateMapEgressRules  = "egress_rules"
-	EgressTerminateMapGroupBits    = "group_bits"
-	EgressTerminateMapGroupMembers = "group_members"
-	EgressTerminateMapGroupRefs    = "group_refs"
-	EgressTerminateMapSvcListeners = "svc_listeners"
-	EgressTerminateProgDeniedTcp   = "denied_tcp"
-	EgressTerminateProgDeniedUdp   = "denied_udp"
-	EgressTerminateVarDryRun       = "dry_run"
-	EgressTerminateVarTargetCgroup = "target_cgroup"
-	EgressTerminateVarTargetOwner  = "target_owner"
+	EgressTerminateMapEgressRules   = "egress_rules"
+	EgressTerminateMapGroupBits     = "group_bits"
+	EgressTerminateMapGroupMembers  = "group_members"
+	EgressTerminateMapGroupRefs     = "group_refs"
+	EgressTerminateMapSessionCounts = "session_counts"
+	EgressTerminateMapSvcListeners  = "svc_listeners"
+	EgressTerminateProgDeniedTcp    = "denied_tcp"
+	EgressTerminateProgDeniedUdp    = "denied_udp"
+	EgressTerminateVarDryRun        = "dry_run"
+	EgressTerminateVarTargetCgroup  = "target_cgroup"
+	EgressTerminateVarTargetOwner   = "target_owner"
 )
 
 // LoadEgressTerminate returns the embedded CollectionSpec for EgressTerminate.
@@ -143,11 +150,12 @@ type EgressTerminateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EgressTerminateMapSpecs struct {
-	EgressRules  *ebpf.MapSpec `ebpf:"egress_rules"`
-	GroupBits    *ebpf.MapSpec `ebpf:"group_bits"`
-	GroupMembers *ebpf.MapSpec `ebpf:"group_members"`
-	GroupRefs    *ebpf.MapSpec `ebpf:"group_refs"`
-	SvcListeners *ebpf.MapSpec `ebpf:"svc_listeners"`
+	EgressRules   *ebpf.MapSpec `ebpf:"egress_rules"`
+	GroupBits     *ebpf.MapSpec `ebpf:"group_bits"`
+	GroupMembers  *ebpf.MapSpec `ebpf:"group_members"`
+	GroupRefs     *ebpf.MapSpec `ebpf:"group_refs"`
+	SessionCounts *ebpf.MapSpec `ebpf:"session_counts"`
+	SvcListeners  *ebpf.MapSpec `ebpf:"svc_listeners"`
 }
 
 // EgressTerminateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -179,11 +187,12 @@ func (o *EgressTerminateObjects) Close() error {
 //
 // It can be passed to LoadEgressTerminateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EgressTerminateMaps struct {
-	EgressRules  *ebpf.Map `ebpf:"egress_rules"`
-	GroupBits    *ebpf.Map `ebpf:"group_bits"`
-	GroupMembers *ebpf.Map `ebpf:"group_members"`
-	GroupRefs    *ebpf.Map `ebpf:"group_refs"`
-	SvcListeners *ebpf.Map `ebpf:"svc_listeners"`
+	EgressRules   *ebpf.Map `ebpf:"egress_rules"`
+	GroupBits     *ebpf.Map `ebpf:"group_bits"`
+	GroupMembers  *ebpf.Map `ebpf:"group_members"`
+	GroupRefs     *ebpf.Map `ebpf:"group_refs"`
+	SessionCounts *ebpf.Map `ebpf:"session_counts"`
+	SvcListeners  *ebpf.Map `ebpf:"svc_listeners"`
 }
 
 func (m *EgressTerminateMaps) Close() error {
@@ -192,6 +201,7 @@ func (m *EgressTerminateMaps) Close() error {
 		m.GroupBits,
 		m.GroupMembers,
 		m.GroupRefs,
+		m.SessionCounts,
 		m.SvcListeners,
 	)
 }

@@ -26,6 +26,12 @@ type TerminatePolicy struct {
 	}
 }
 
+type TerminateTermCounts struct {
+	_         structs.HostLayout
+	Matched   uint64
+	Destroyed uint64
+}
+
 type TerminateTermEvent struct {
 	_         structs.HostLayout
 	Kind      uint32
@@ -41,6 +47,8 @@ type TerminateTermEvent struct {
 	Pad2      uint32
 	CgroupId  uint64
 	Scanned   uint64
+	Matched   uint64
+	Destroyed uint64
 }
 
 type TerminateTermTarget struct {
@@ -56,6 +64,7 @@ type TerminateTermTarget struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TerminateMapPolicies        = "policies"
+	TerminateMapSessionCounts   = "session_counts"
 	TerminateMapTargets         = "targets"
 	TerminateProgTerminateTcp   = "terminate_tcp"
 	TerminateProgTerminateUdp   = "terminate_udp"
@@ -112,8 +121,9 @@ type TerminateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TerminateMapSpecs struct {
-	Policies *ebpf.MapSpec `ebpf:"policies"`
-	Targets  *ebpf.MapSpec `ebpf:"targets"`
+	Policies      *ebpf.MapSpec `ebpf:"policies"`
+	SessionCounts *ebpf.MapSpec `ebpf:"session_counts"`
+	Targets       *ebpf.MapSpec `ebpf:"targets"`
 }
 
 // TerminateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -143,13 +153,15 @@ func (o *TerminateObjects) Close() error {
 //
 // It can be passed to LoadTerminateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TerminateMaps struct {
-	Policies *ebpf.Map `ebpf:"policies"`
-	Targets  *ebpf.Map `ebpf:"targets"`
+	Policies      *ebpf.Map `ebpf:"policies"`
+	SessionCounts *ebpf.Map `ebpf:"session_counts"`
+	Targets       *ebpf.Map `ebpf:"targets"`
 }
 
 func (m *TerminateMaps) Close() error {
 	return _TerminateClose(
 		m.Policies,
+		m.SessionCounts,
 		m.Targets,
 	)
 }

@@ -370,9 +370,11 @@ func (p *programs) scanNetNS(path string) (Namespace, error) {
 }
 
 // readSize keeps every read below the kernel's 32 KiB iterator buffer: a
-// socket whose output overflows that buffer would be shown again on the
-// next read, and by then it is destroyed and no longer matches, so its
-// event would be lost.
+// socket whose record overflows that buffer is shown again on the next
+// read. A destroying run writes records only for failures, so its output
+// normally comes in one read, and the walk never stops and resumes in
+// the middle (which older kernels do by an offset that destroyed sockets
+// have shifted: see counts in bpf/terminate.c).
 const readSize = 4096
 
 // read runs one iterator to its end and adds its events to n.
@@ -390,6 +392,12 @@ func (n *Namespace) read(l *link.Iter, dryRun bool) error {
 		if err == io.EOF || (err == nil && k == 0) {
 			break
 		}
+		if errors.Is(err, unix.EAGAIN) {
+			// The kernel walks at most a million sockets per read;
+			// with nothing to return yet it says EAGAIN, and the
+			// next read goes on.
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("read iterator: %w", err)
 		}
@@ -397,7 +405,8 @@ func (n *Namespace) read(l *link.Iter, dryRun bool) error {
 	var ev bpfobj.TerminateTermEvent
 	size := binary.Size(ev)
 	if out.Len()%size != 0 {
-		return fmt.Errorf("iterator output of %d bytes is not a whole number of %d-byte events", out.Len(), size)
+		return fmt.Errorf("iterator output of %d bytes is not a whole number of %d-byte records: "+
+			"the pinned termination programs are from another version of portcullis (unload and load the state to replace them)", out.Len(), size)
 	}
 	for out.Len() > 0 {
 		if err := binary.Read(&out, binary.NativeEndian, &ev); err != nil {
@@ -415,9 +424,14 @@ const (
 
 func (n *Namespace) add(ev *bpfobj.TerminateTermEvent, dryRun bool) {
 	if ev.Kind == eventSummary {
+		// The sockets destroyed without a record of their own.
 		n.Scanned += ev.Scanned
+		n.Matched += int(ev.Matched)
+		n.Destroyed += int(ev.Destroyed)
 		return
 	}
+	// A record: a socket listed by a dry run, or one the program failed
+	// to destroy (or destroyed but could not count).
 	sock := Socket{
 		Protocol: "tcp",
 		State:    tcpStates[ev.State],
