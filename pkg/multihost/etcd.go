@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/portcullis-net/portcullis/pkg/services"
 )
 
 // Etcd shares backends under PREFIX/backends/SERVICE/NODE/ENDPOINT, each
@@ -197,7 +199,18 @@ func (e *Etcd) read(ctx context.Context) (int64, map[string]Backend, error) {
 // add records a key's backend unless it is this node's or unreadable.
 func (e *Etcd) add(set map[string]Backend, key string, value []byte) {
 	var b Backend
-	if err := json.Unmarshal(value, &b); err != nil {
+	err := json.Unmarshal(value, &b)
+	if err == nil {
+		err = services.ValidateName(b.Service)
+	}
+	if err == nil {
+		err = services.ValidateNode(b.Node)
+	}
+	if err == nil && key != e.key(b) {
+		err = fmt.Errorf("the value is %s", b.Key())
+	}
+	if err != nil {
+		// One bad key must not hold up every other backend.
 		e.log.Printf("etcd: ignoring %s: %v", key, err)
 		return
 	}
