@@ -374,7 +374,7 @@ func (p *programs) scanNetNS(path string) (Namespace, error) {
 // read. A destroying run writes records only for failures, so its output
 // normally comes in one read, and the walk never stops and resumes in
 // the middle (which older kernels do by an offset that destroyed sockets
-// have shifted: see counts in bpf/terminate.c).
+// have shifted: see session_counts in bpf/sockiter.h).
 const readSize = 4096
 
 // read runs one iterator to its end and adds its events to n.
