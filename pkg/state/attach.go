@@ -297,6 +297,44 @@ func (s *State) Get(id string) (*Attachment, error) {
 
 // Attachments lists every attachment, sorted by id.
 func (s *State) Attachments() ([]Attachment, error) {
+	list, err := s.batchRecords()
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		list, err = s.iterateRecords()
+	}
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	return list, nil
+}
+
+// batchRecords reads the records 128 at a time (one syscall per batch
+// instead of two per record).
+func (s *State) batchRecords() ([]Attachment, error) {
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]bpfobj.PortcullisAttachmentId, 128)
+		recs   = make([]bpfobj.PortcullisRecord, 128)
+		list   []Attachment
+	)
+	for {
+		n, err := s.records.BatchLookup(&cursor, keys, recs, nil)
+		for i := 0; i < n; i++ {
+			a, err := s.decodeRecord(string(bytes.TrimRight(keys[i].Id[:], "\x00")), &recs[i])
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, *a)
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return list, nil
+		} else if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *State) iterateRecords() ([]Attachment, error) {
 	var (
 		key  bpfobj.PortcullisAttachmentId
 		rec  bpfobj.PortcullisRecord
@@ -310,11 +348,7 @@ func (s *State) Attachments() ([]Attachment, error) {
 		}
 		list = append(list, *a)
 	}
-	if err := iter.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	return list, nil
+	return list, iter.Err()
 }
 
 // LinkPaths returns the pinned link paths of an attachment.
