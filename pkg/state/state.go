@@ -75,6 +75,12 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 	if err := sizes.Validate(); err != nil {
 		return false, err
 	}
+	// The common case, an existing state, takes no lock: the parent's
+	// (/sys/fs/bpf) is shared with every other state on the host, and
+	// waiting there for another's load cost an ADD up to a second.
+	if _, err := os.Stat(dir); err == nil {
+		return false, nil
+	}
 	parent := filepath.Dir(dir)
 	if err := ensureBPFFS(parent); err != nil {
 		return false, err
