@@ -37,6 +37,7 @@ func BenchmarkScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { s.Close() }()
+	empty := mapMemory(b, s)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 	have := 0
@@ -73,15 +74,8 @@ func BenchmarkScale(b *testing.B) {
 	if _, err := s.Attach(state.AttachRequest{ID: "probe", Cgroup: probe.Path, Policy: pol}); err != nil {
 		b.Fatal(err)
 	}
-	usage, err := s.MapMemory()
-	if err != nil {
-		b.Fatal(err)
-	}
+	memory := mapMemory(b, s)
 	s.Close() // the status process takes the lock
-	var memory uint64
-	for _, m := range usage {
-		memory += m.Memlock
-	}
 
 	b.Run("status/existing=10000", func(b *testing.B) {
 		var runs []time.Duration
@@ -96,6 +90,7 @@ func BenchmarkScale(b *testing.B) {
 		}
 		b.ReportMetric(ms(percentile(runs, 50)), "ms/p50-status")
 		b.ReportMetric(float64(memory)/(1<<20), "MiB-maps")
+		b.ReportMetric(float64(empty)/(1<<20), "MiB-maps-empty")
 	})
 	b.Run("bind/existing=10000", func(b *testing.B) {
 		compareIn(b, "bind", probe, plain, bindAny)
@@ -108,3 +103,17 @@ func BenchmarkScale(b *testing.B) {
 
 // scaleSamples is how many attach+detach pairs each step times.
 const scaleSamples = 200
+
+// mapMemory is the memlock of every pinned map of the state, each logged.
+func mapMemory(b *testing.B, s *state.State) uint64 {
+	usage, err := s.MapMemory()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sum uint64
+	for _, m := range usage {
+		b.Logf("map %-16s %-8s max %8d  %8.2f MiB", m.Name, m.Type, m.MaxEntries, float64(m.Memlock)/(1<<20))
+		sum += m.Memlock
+	}
+	return sum
+}
