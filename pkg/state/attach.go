@@ -110,6 +110,9 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	} else if holder != "" {
 		return nil, fmt.Errorf("cgroup %s is already attached as %q", cg.Path, holder)
 	}
+	if err := checkNetNSPath(req.NetNS); err != nil {
+		return nil, err
+	}
 	if err := hostaddr.CheckLocal(req.NetNS, req.Policy.Addresses); err != nil {
 		return nil, err
 	}
@@ -232,6 +235,10 @@ func (s *State) record(a *Attachment, r *record, undo *undoStack) error {
 		return err
 	}
 	undo.push(func() { s.index.Delete(&key) })
+	if err := s.countNetNS(a.NetNS, 1); err != nil {
+		return err
+	}
+	undo.push(func() { s.countNetNS(a.NetNS, -1) })
 	if err := s.runAttachHooks(a, undo); err != nil {
 		return err
 	}
@@ -272,6 +279,9 @@ func (s *State) Detach(id string) error {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	s.releaseAddresses(a)
+	if err := s.countNetNS(a.NetNS, -1); err != nil {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
 	if a.KeyedByNetNS() {
 		if err := s.dropNetNSLinksIfUnused(); err != nil {
 			return err

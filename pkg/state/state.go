@@ -8,6 +8,7 @@
 //	progs/<name>          the loaded programs
 //	maps/<name>           the maps (policies, port mappings, records, ...)
 //	maps/attachment_keys  policy key (u64) -> attachment id, the index
+//	maps/attachment_netns netns path -> number of attachments recording it
 //	maps/cgroup_programs  name -> attach type of the programs each cgroup gets
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 //	terminate/<name>      the termination iterators and their targets map
@@ -53,6 +54,7 @@ type State struct {
 	portmaps *ebpf.Map
 	records  *ebpf.Map
 	index    *ebpf.Map
+	netns    *ebpf.Map
 	// programTable lists the cgroup programs (programs.go).
 	programTable *ebpf.Map
 	// chunks continue long records (records.go).
@@ -127,13 +129,16 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 			return false, fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	index, err := ebpf.NewMap(indexSpec(spec.Maps[bpfobj.PortcullisMapPolicies].MaxEntries))
-	if err != nil {
-		return false, fmt.Errorf("create attachment index: %w", err)
-	}
-	defer index.Close()
-	if err := index.Pin(filepath.Join(tmp, "maps", indexMapName)); err != nil {
-		return false, fmt.Errorf("pin map %s: %w", indexMapName, err)
+	for _, ms := range userMapSpecs(spec.Maps[bpfobj.PortcullisMapPolicies].MaxEntries) {
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return false, fmt.Errorf("create map %s: %w", ms.Name, err)
+		}
+		err = m.Pin(filepath.Join(tmp, "maps", ms.Name))
+		m.Close()
+		if err != nil {
+			return false, fmt.Errorf("pin map %s: %w", ms.Name, err)
+		}
 	}
 	chunks, err := ebpf.NewMap(chunksSpec(spec.Maps[bpfobj.PortcullisMapAttachments].MaxEntries))
 	if err != nil {
@@ -208,6 +213,7 @@ func (s *State) openObjects() error {
 		bpfobj.PortcullisMapPortmaps:    &s.portmaps,
 		bpfobj.PortcullisMapAttachments: &s.records,
 		indexMapName:                    &s.index,
+		netnsMapName:                    &s.netns,
 		programsMapName:                 &s.programTable,
 	}
 	for name, dst := range maps {
@@ -225,7 +231,7 @@ func (s *State) openObjects() error {
 
 // Close releases the objects and the lock.
 func (s *State) Close() {
-	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.programTable, s.chunks} {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.netns, s.programTable, s.chunks} {
 		if m != nil {
 			m.Close()
 		}
