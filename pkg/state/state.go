@@ -13,6 +13,11 @@
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 //	terminate/<name>      the termination iterators and their targets map
 //	netns/...             the copy for namespace-keyed policies (netns.go)
+//
+// There is no versioned upgrade of this layout: Open refuses a state that
+// lacks one of the maps it opens (such as one loaded before the index, the
+// namespace list and the program table existed), saying to unload and
+// load again.
 package state
 
 import (
