@@ -14,6 +14,9 @@ import (
 func connectionUsage(s *state.State, list []state.Attachment) (map[string]*limits.Usage, error) {
 	out := map[string]*limits.Usage{}
 	for i := range list {
+		if list[i].Policy.ConnectionLimits == nil {
+			continue // no caps, no counts (and no opening the maps 10,000 times)
+		}
 		u, err := s.Usage(&list[i])
 		if err != nil {
 			return nil, err

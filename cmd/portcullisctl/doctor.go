@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/portcullis-net/portcullis/pkg/kernel"
+	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
 func init() { register(newDoctorCommand) }
@@ -32,10 +34,32 @@ func newDoctorCommand(opts *options) *cobra.Command {
 			if err := render(cmd.OutOrStdout(), opts, features, []string{"FEATURE", "STATUS", "NEED", "DETAIL"}, rows); err != nil {
 				return err
 			}
+			if opts.output != "json" {
+				printMapMemory(cmd.OutOrStdout(), opts.stateDir)
+			}
 			if missing := kernel.Missing(features); len(missing) > 0 {
 				return fmt.Errorf("%d required kernel features are missing (first: %s)", len(missing), missing[0].Name)
 			}
 			return nil
 		},
 	}
+}
+
+// printMapMemory says what the loaded state's maps cost, if one is loaded.
+func printMapMemory(w io.Writer, dir string) {
+	s, err := state.Open(dir, false)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	maps, err := s.MapMemory()
+	if err != nil {
+		fmt.Fprintf(w, "\nstate %s: map memory unknown: %v\n", dir, err)
+		return
+	}
+	var sum uint64
+	for _, m := range maps {
+		sum += m.Memlock
+	}
+	fmt.Fprintf(w, "\nstate %s: %d maps, %.1f MiB (portcullisctl status -o json: per map)\n", dir, len(maps), float64(sum)/(1<<20))
 }

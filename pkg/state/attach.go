@@ -110,6 +110,9 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	} else if holder != "" {
 		return nil, fmt.Errorf("cgroup %s is already attached as %q", cg.Path, holder)
 	}
+	if err := checkNetNSPath(req.NetNS); err != nil {
+		return nil, err
+	}
 	if err := hostaddr.CheckLocal(req.NetNS, req.Policy.Addresses); err != nil {
 		return nil, err
 	}
@@ -232,6 +235,10 @@ func (s *State) record(a *Attachment, r *record, undo *undoStack) error {
 		return err
 	}
 	undo.push(func() { s.index.Delete(&key) })
+	if err := s.countNetNS(a.NetNS, 1); err != nil {
+		return err
+	}
+	undo.push(func() { s.countNetNS(a.NetNS, -1) })
 	if err := s.runAttachHooks(a, undo); err != nil {
 		return err
 	}
@@ -272,6 +279,9 @@ func (s *State) Detach(id string) error {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	s.releaseAddresses(a)
+	if err := s.countNetNS(a.NetNS, -1); err != nil {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
 	if a.KeyedByNetNS() {
 		if err := s.dropNetNSLinksIfUnused(); err != nil {
 			return err
@@ -297,6 +307,44 @@ func (s *State) Get(id string) (*Attachment, error) {
 
 // Attachments lists every attachment, sorted by id.
 func (s *State) Attachments() ([]Attachment, error) {
+	list, err := s.batchRecords()
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		list, err = s.iterateRecords()
+	}
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	return list, nil
+}
+
+// batchRecords reads the records 128 at a time (one syscall per batch
+// instead of two per record).
+func (s *State) batchRecords() ([]Attachment, error) {
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]bpfobj.PortcullisAttachmentId, 128)
+		recs   = make([]bpfobj.PortcullisRecord, 128)
+		list   []Attachment
+	)
+	for {
+		n, err := s.records.BatchLookup(&cursor, keys, recs, nil)
+		for i := 0; i < n; i++ {
+			a, err := s.decodeRecord(string(bytes.TrimRight(keys[i].Id[:], "\x00")), &recs[i])
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, *a)
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return list, nil
+		} else if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *State) iterateRecords() ([]Attachment, error) {
 	var (
 		key  bpfobj.PortcullisAttachmentId
 		rec  bpfobj.PortcullisRecord
@@ -310,11 +358,7 @@ func (s *State) Attachments() ([]Attachment, error) {
 		}
 		list = append(list, *a)
 	}
-	if err := iter.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	return list, nil
+	return list, iter.Err()
 }
 
 // LinkPaths returns the pinned link paths of an attachment.

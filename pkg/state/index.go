@@ -63,3 +63,73 @@ func (s *State) unindex(key uint64, id string) error {
 	}
 	return nil
 }
+
+// The namespace list (maps/attachment_netns) counts the attachments of
+// each recorded network namespace path, so that termination finds the
+// namespaces to scan without decoding every record. Only userspace reads
+// it.
+const netnsMapName = "attachment_netns"
+
+type netnsPathKey [256]byte
+
+func netnsSpec(maxEntries uint32) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       netnsMapName,
+		Type:       ebpf.Hash,
+		KeySize:    uint32(len(netnsPathKey{})),
+		ValueSize:  4,
+		MaxEntries: maxEntries,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+	}
+}
+
+// userMapSpecs are the maps Load creates beside the BPF object's.
+func userMapSpecs(maxEntries uint32) []*ebpf.MapSpec {
+	return []*ebpf.MapSpec{indexSpec(maxEntries), netnsSpec(maxEntries)}
+}
+
+func checkNetNSPath(path string) error {
+	if len(path) >= len(netnsPathKey{}) {
+		return fmt.Errorf("network namespace path %.40s...: at most %d characters", path, len(netnsPathKey{})-1)
+	}
+	return nil
+}
+
+// countNetNS adds delta to the attachments of a namespace path ("" is the
+// caller's and is not counted).
+func (s *State) countNetNS(path string, delta int) error {
+	if path == "" {
+		return nil
+	}
+	var key netnsPathKey
+	copy(key[:], path)
+	var n uint32
+	if err := s.netns.Lookup(&key, &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("namespace list: %w", err)
+	}
+	if next := int(n) + delta; next > 0 {
+		return s.put(s.netns, &key, uint32(next))
+	}
+	if err := s.netns.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("namespace list: %w", err)
+	}
+	return nil
+}
+
+// NetNSPaths lists the network namespace paths attachments recorded,
+// each once.
+func (s *State) NetNSPaths() ([]string, error) {
+	var (
+		key   netnsPathKey
+		n     uint32
+		paths []string
+	)
+	iter := s.netns.Iterate()
+	for iter.Next(&key, &n) {
+		paths = append(paths, string(bytes.TrimRight(key[:], "\x00")))
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("namespace list: %w", err)
+	}
+	return paths, nil
+}

@@ -65,3 +65,45 @@ func TestIndexFollowsAttachAndDetach(t *testing.T) {
 		t.Errorf("index has %d entries after detaching all, want 0", n)
 	}
 }
+
+// The namespace list holds each recorded namespace path once, while an
+// attachment records it.
+func TestNetNSPathsFollowAttachments(t *testing.T) {
+	dir := testenv.StateDir(t)
+	ns := testenv.NewNetNS(t)
+	s, err := state.OpenOrLoad(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, id := range []string{"na", "nb", "host"} {
+		netns := ns.Path
+		if id == "host" {
+			netns = ""
+		}
+		if _, err := s.Attach(state.AttachRequest{ID: id, Cgroup: testenv.Cgroup(t, id).Path, NetNS: netns}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(paths ...string) {
+		t.Helper()
+		got, err := s.NetNSPaths()
+		if err != nil || strings.Join(got, ",") != strings.Join(paths, ",") {
+			t.Errorf("NetNSPaths = %v, %v; want %v", got, err, paths)
+		}
+	}
+	want(ns.Path)
+	if _, err := s.Attach(state.AttachRequest{ID: "long", Cgroup: testenv.Cgroup(t, "long").Path, NetNS: "/run/netns/" + strings.Repeat("x", 300)}); err == nil || !strings.Contains(err.Error(), "at most 255 characters") {
+		t.Errorf("attach with a 311-character netns path: %v", err)
+	}
+	for _, id := range []string{"na", "host"} {
+		if err := s.Detach(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want(ns.Path)
+	if err := s.Detach("nb"); err != nil {
+		t.Fatal(err)
+	}
+	want()
+}

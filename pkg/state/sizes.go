@@ -15,8 +15,8 @@ import (
 // loaded. A zero field keeps the default of bpf/. docs/scale.md says what
 // each map costs.
 type Sizes struct {
-	// Containers: attachments (policies, records, the index, connection caps) and port
-	// mapping entries (two per mapping). Default 65536.
+	// Containers: attachments (policies, records, the index, connection
+	// limits) and port mapping entries (two per mapping). Default 65536.
 	Containers uint32
 	// Backends: service backend slots (svc_backends). Default 131072.
 	Backends uint32
@@ -27,7 +27,7 @@ type Sizes struct {
 	Sockets uint32
 	// Peers: sockets connected through a service frontend, TCP and UDP
 	// (svc_peers, svc_udp_peers). These are LRU maps, which the kernel
-	// always preallocates: 116 bytes an entry for the two. Default 131072.
+	// always preallocates: about 230 bytes an entry for the two. Default 131072.
 	Peers uint32
 }
 

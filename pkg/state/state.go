@@ -8,10 +8,16 @@
 //	progs/<name>          the loaded programs
 //	maps/<name>           the maps (policies, port mappings, records, ...)
 //	maps/attachment_keys  policy key (u64) -> attachment id, the index
+//	maps/attachment_netns netns path -> number of attachments recording it
 //	maps/cgroup_programs  name -> attach type of the programs each cgroup gets
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 //	terminate/<name>      the termination iterators and their targets map
 //	netns/...             the copy for namespace-keyed policies (netns.go)
+//
+// There is no versioned upgrade of this layout: Open refuses a state that
+// lacks one of the maps it opens (such as one loaded before the index, the
+// namespace list and the program table existed), saying to unload and
+// load again.
 package state
 
 import (
@@ -53,6 +59,7 @@ type State struct {
 	portmaps *ebpf.Map
 	records  *ebpf.Map
 	index    *ebpf.Map
+	netns    *ebpf.Map
 	// programTable lists the cgroup programs (programs.go).
 	programTable *ebpf.Map
 	// chunks continue long records (records.go).
@@ -74,6 +81,12 @@ func Load(dir string) (bool, error) {
 func LoadSized(dir string, sizes Sizes) (bool, error) {
 	if err := sizes.Validate(); err != nil {
 		return false, err
+	}
+	// The common case, an existing state, takes no lock: the parent's
+	// (/sys/fs/bpf) is shared with every other state on the host, and
+	// waiting there for another's load cost an ADD up to a second.
+	if _, err := os.Stat(dir); err == nil {
+		return false, nil
 	}
 	parent := filepath.Dir(dir)
 	if err := ensureBPFFS(parent); err != nil {
@@ -121,13 +134,16 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 			return false, fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	index, err := ebpf.NewMap(indexSpec(spec.Maps[bpfobj.PortcullisMapPolicies].MaxEntries))
-	if err != nil {
-		return false, fmt.Errorf("create attachment index: %w", err)
-	}
-	defer index.Close()
-	if err := index.Pin(filepath.Join(tmp, "maps", indexMapName)); err != nil {
-		return false, fmt.Errorf("pin map %s: %w", indexMapName, err)
+	for _, ms := range userMapSpecs(spec.Maps[bpfobj.PortcullisMapPolicies].MaxEntries) {
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return false, fmt.Errorf("create map %s: %w", ms.Name, err)
+		}
+		err = m.Pin(filepath.Join(tmp, "maps", ms.Name))
+		m.Close()
+		if err != nil {
+			return false, fmt.Errorf("pin map %s: %w", ms.Name, err)
+		}
 	}
 	chunks, err := ebpf.NewMap(chunksSpec(spec.Maps[bpfobj.PortcullisMapAttachments].MaxEntries))
 	if err != nil {
@@ -202,6 +218,7 @@ func (s *State) openObjects() error {
 		bpfobj.PortcullisMapPortmaps:    &s.portmaps,
 		bpfobj.PortcullisMapAttachments: &s.records,
 		indexMapName:                    &s.index,
+		netnsMapName:                    &s.netns,
 		programsMapName:                 &s.programTable,
 	}
 	for name, dst := range maps {
@@ -219,7 +236,7 @@ func (s *State) openObjects() error {
 
 // Close releases the objects and the lock.
 func (s *State) Close() {
-	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.programTable, s.chunks} {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.netns, s.programTable, s.chunks} {
 		if m != nil {
 			m.Close()
 		}

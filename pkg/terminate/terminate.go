@@ -126,13 +126,9 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 		}
 		report.Targets = append(report.Targets, t.String())
 	}
-	attachments, err := s.Attachments()
+	netnsPaths, err := s.NetNSPaths()
 	if err != nil {
 		return nil, err
-	}
-	var netnsPaths []string
-	for _, a := range attachments {
-		netnsPaths = append(netnsPaths, a.NetNS)
 	}
 
 	prog, err := load(s, targets, dryRun)
