@@ -45,9 +45,3 @@ static __always_inline __u64 current_netns_key(void)
 
 	return NETNS_KEY | task->nsproxy->net_ns->net_cookie;
 }
-
-/* Programs that do not call current_policy() (sock_release) return early
- * in the namespace copy for a task whose namespace has no policy: a host
- * task pays one lookup. Needs the policies map, so it is a macro. */
-#define netns_copy_skips() \
-	(netns_copy && !bpf_map_lookup_elem(&policies, &(__u64){current_netns_key()}))

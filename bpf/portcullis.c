@@ -113,6 +113,7 @@ static __always_inline bool equal6(const __u32 a[4], const __u32 b[4])
 }
 
 #include "services.h"
+#include "publish.h"
 #include "egress.h"
 #include "limits.h"
 #include "isolation.h"

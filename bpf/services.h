@@ -302,8 +302,6 @@ int sock_release(struct bpf_sock *sk)
 	struct listener_key lk = {};
 	struct listener *l;
 
-	if (netns_copy_skips())
-		return SYSCALL_ALLOW;
 	bpf_map_delete_elem(&svc_peers, &cookie);
 	reg = bpf_map_lookup_elem(&svc_registry, &cookie);
 	if (!reg)

@@ -172,6 +172,24 @@ type PortcullisPortmapKey struct {
 	Pad       uint32
 }
 
+type PortcullisPublication struct {
+	_     structs.HostLayout
+	Addr4 [4]uint32
+	Addr6 [4]uint32
+	Port  uint16
+	Pad   uint16
+	Pad2  uint32
+	Owner uint64
+}
+
+type PortcullisPublishKey struct {
+	_        structs.HostLayout
+	Netns    uint64
+	Port     uint16
+	Protocol uint8
+	Pad      [5]uint8
+}
+
 type PortcullisRecord struct {
 	_    structs.HostLayout
 	Len  uint32
@@ -228,11 +246,13 @@ const (
 	PortcullisMapGroupBits            = "group_bits"
 	PortcullisMapGroupMembers         = "group_members"
 	PortcullisMapGroupRefs            = "group_refs"
+	PortcullisMapHostAddrs            = "host_addrs"
 	PortcullisMapIsoOwners            = "iso_owners"
 	PortcullisMapIsoSocks             = "iso_socks"
 	PortcullisMapLimits               = "limits"
 	PortcullisMapPolicies             = "policies"
 	PortcullisMapPortmaps             = "portmaps"
+	PortcullisMapPublications         = "publications"
 	PortcullisMapSvcBackends          = "svc_backends"
 	PortcullisMapSvcCounts            = "svc_counts"
 	PortcullisMapSvcDrops             = "svc_drops"
@@ -254,6 +274,8 @@ const (
 	PortcullisProgLimitsSockops       = "limits_sockops"
 	PortcullisProgPostBind4           = "post_bind4"
 	PortcullisProgPostBind6           = "post_bind6"
+	PortcullisProgPublishConnect4     = "publish_connect4"
+	PortcullisProgPublishConnect6     = "publish_connect6"
 	PortcullisProgRecvmsg4            = "recvmsg4"
 	PortcullisProgRecvmsg6            = "recvmsg6"
 	PortcullisProgSendmsg4            = "sendmsg4"
@@ -318,6 +340,8 @@ type PortcullisProgramSpecs struct {
 	LimitsSockops       *ebpf.ProgramSpec `ebpf:"limits_sockops"`
 	PostBind4           *ebpf.ProgramSpec `ebpf:"post_bind4"`
 	PostBind6           *ebpf.ProgramSpec `ebpf:"post_bind6"`
+	PublishConnect4     *ebpf.ProgramSpec `ebpf:"publish_connect4"`
+	PublishConnect6     *ebpf.ProgramSpec `ebpf:"publish_connect6"`
 	Recvmsg4            *ebpf.ProgramSpec `ebpf:"recvmsg4"`
 	Recvmsg6            *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4            *ebpf.ProgramSpec `ebpf:"sendmsg4"`
@@ -338,11 +362,13 @@ type PortcullisMapSpecs struct {
 	GroupBits    *ebpf.MapSpec `ebpf:"group_bits"`
 	GroupMembers *ebpf.MapSpec `ebpf:"group_members"`
 	GroupRefs    *ebpf.MapSpec `ebpf:"group_refs"`
+	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
 	IsoOwners    *ebpf.MapSpec `ebpf:"iso_owners"`
 	IsoSocks     *ebpf.MapSpec `ebpf:"iso_socks"`
 	Limits       *ebpf.MapSpec `ebpf:"limits"`
 	Policies     *ebpf.MapSpec `ebpf:"policies"`
 	Portmaps     *ebpf.MapSpec `ebpf:"portmaps"`
+	Publications *ebpf.MapSpec `ebpf:"publications"`
 	SvcBackends  *ebpf.MapSpec `ebpf:"svc_backends"`
 	SvcCounts    *ebpf.MapSpec `ebpf:"svc_counts"`
 	SvcDrops     *ebpf.MapSpec `ebpf:"svc_drops"`
@@ -388,11 +414,13 @@ type PortcullisMaps struct {
 	GroupBits    *ebpf.Map `ebpf:"group_bits"`
 	GroupMembers *ebpf.Map `ebpf:"group_members"`
 	GroupRefs    *ebpf.Map `ebpf:"group_refs"`
+	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
 	IsoOwners    *ebpf.Map `ebpf:"iso_owners"`
 	IsoSocks     *ebpf.Map `ebpf:"iso_socks"`
 	Limits       *ebpf.Map `ebpf:"limits"`
 	Policies     *ebpf.Map `ebpf:"policies"`
 	Portmaps     *ebpf.Map `ebpf:"portmaps"`
+	Publications *ebpf.Map `ebpf:"publications"`
 	SvcBackends  *ebpf.Map `ebpf:"svc_backends"`
 	SvcCounts    *ebpf.Map `ebpf:"svc_counts"`
 	SvcDrops     *ebpf.Map `ebpf:"svc_drops"`
@@ -413,11 +441,13 @@ func (m *PortcullisMaps) Close() error {
 		m.GroupBits,
 		m.GroupMembers,
 		m.GroupRefs,
+		m.HostAddrs,
 		m.IsoOwners,
 		m.IsoSocks,
 		m.Limits,
 		m.Policies,
 		m.Portmaps,
+		m.Publications,
 		m.SvcBackends,
 		m.SvcCounts,
 		m.SvcDrops,
@@ -453,6 +483,8 @@ type PortcullisPrograms struct {
 	LimitsSockops       *ebpf.Program `ebpf:"limits_sockops"`
 	PostBind4           *ebpf.Program `ebpf:"post_bind4"`
 	PostBind6           *ebpf.Program `ebpf:"post_bind6"`
+	PublishConnect4     *ebpf.Program `ebpf:"publish_connect4"`
+	PublishConnect6     *ebpf.Program `ebpf:"publish_connect6"`
 	Recvmsg4            *ebpf.Program `ebpf:"recvmsg4"`
 	Recvmsg6            *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4            *ebpf.Program `ebpf:"sendmsg4"`
@@ -476,6 +508,8 @@ func (p *PortcullisPrograms) Close() error {
 		p.LimitsSockops,
 		p.PostBind4,
 		p.PostBind6,
+		p.PublishConnect4,
+		p.PublishConnect6,
 		p.Recvmsg4,
 		p.Recvmsg6,
 		p.Sendmsg4,

@@ -142,7 +142,11 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	if err != nil {
 		return nil, err
 	}
-	compiled := compile(cg.ID, req.Policy)
+	bindPolicy, err := bindTimePolicy(req.Policy, req.KeyByNetNS)
+	if err != nil {
+		return nil, err
+	}
+	compiled := compile(cg.ID, bindPolicy)
 	for _, e := range compiled.portmaps {
 		if err := s.put(s.portmaps, &e.key, &e.value); err != nil {
 			return nil, err
@@ -163,6 +167,10 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 			return nil, err
 		}
 		undo.push(func() { s.dropNetNSLinksIfUnused() })
+		if err := s.publishPorts(a); err != nil {
+			return nil, err
+		}
+		undo.push(func() { s.unpublishPorts(a) })
 		return a, s.record(a, record, &undo)
 	}
 
@@ -283,6 +291,9 @@ func (s *State) Detach(id string) error {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
 	if a.KeyedByNetNS() {
+		if err := s.unpublishPorts(a); err != nil {
+			return fmt.Errorf("detach %s: unpublish: %w", id, err)
+		}
 		if err := s.dropNetNSLinksIfUnused(); err != nil {
 			return err
 		}

@@ -87,16 +87,20 @@ func TestLifecycle(t *testing.T) {
 	if _, r := c.listen(k, "0.0.0.0:"+deniedPort); r.OK || r.Errno != "EPERM" {
 		t.Fatalf("listen on %s (outside the policy): %+v, want EPERM", deniedPort, r)
 	}
-	// The runtime's port mapping: containerPort is bound as hostPort, and
-	// the application still sees containerPort.
+	// The runtime's port mapping publishes the host port: the container
+	// binds containerPort unchanged in its own namespace, and a host
+	// process reaches it on 127.0.0.1:hostPort and on the host's address
+	// (the bridge's gateway), with getpeername showing what it dialled.
 	if _, r := c.listen(k, "0.0.0.0:"+mappedFrom); !r.OK || r.Local != ip+":"+mappedFrom {
 		t.Fatalf("listen on mapped port %s: %+v", mappedFrom, r)
 	}
-	if got := k.ns.Listening(t, "tcp", 28080); !slices.Equal(got, []string{ip + ":" + mappedTo}) {
-		t.Fatalf("ss shows %v on the host port, want %s:%s", got, ip, mappedTo)
+	if got := k.ns.Listening(t, "tcp", 8080); !slices.Equal(got, []string{ip + ":" + mappedFrom}) {
+		t.Fatalf("ss shows %v on the container port, want %s:%s", got, ip, mappedFrom)
 	}
-	if r := c.connect(ip + ":" + mappedTo); !r.OK || r.Reply != k.id {
-		t.Fatalf("connect to the mapped port %s:%s: %+v", ip, mappedTo, r)
+	for _, dial := range []string{"127.0.0.1:" + mappedTo, "10.99.0.1:" + mappedTo, "[::1]:" + mappedTo} {
+		if r := c.connect(dial); !r.OK || r.Reply != k.id || r.Peer != dial {
+			t.Fatalf("connect from the host to the published port %s: %+v, want %s's reply with peer %s", dial, r, k.id, dial)
+		}
 	}
 	// A process in the same namespace but another cgroup is covered too.
 	other := testenv.Start(t, testenv.Cgroup(t, "cni-other"), k.ns.Command(c.probe, "listen", "-addr", "0.0.0.0:"+deniedPort))
