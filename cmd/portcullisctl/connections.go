@@ -6,27 +6,7 @@ import (
 	"sort"
 
 	"github.com/portcullis-net/portcullis/pkg/limits"
-	"github.com/portcullis-net/portcullis/pkg/state"
 )
-
-// connectionUsage reads the live connection counts of every attachment
-// with connection caps.
-func connectionUsage(s *state.State, list []state.Attachment) (map[string]*limits.Usage, error) {
-	out := map[string]*limits.Usage{}
-	for i := range list {
-		if list[i].Policy.ConnectionLimits == nil {
-			continue // no caps, no counts (and no opening the maps 10,000 times)
-		}
-		u, err := s.Usage(&list[i])
-		if err != nil {
-			return nil, err
-		}
-		if u != nil {
-			out[list[i].ID] = u
-		}
-	}
-	return out, nil
-}
 
 // printConnections is status' table of connection counts: live against
 // the total cap, and the busiest destination against the per-destination

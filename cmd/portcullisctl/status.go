@@ -76,7 +76,7 @@ func newStatusCommand(opts *options) *cobra.Command {
 				for _, m := range report.Maps {
 					report.MapMemory += m.Memlock
 				}
-				if report.Connections, err = connectionUsage(s, report.Attachments); err != nil {
+				if report.Connections, err = s.Usages(report.Attachments); err != nil {
 					return err
 				}
 			}

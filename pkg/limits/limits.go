@@ -138,43 +138,66 @@ type Usage struct {
 
 // Usage reads owner's counters; nil when it has no caps.
 func (m *Maps) Usage(owner uint64) (*Usage, error) {
-	var cur bpfobj.PortcullisConnLimits
-	if err := m.limits.Lookup(&owner, &cur); errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, nil
-	} else if err != nil {
+	all, err := m.Usages(map[uint64]string{owner: ""})
+	return all[owner], err
+}
+
+// Usages reads the counters of every owner in owners that has caps, in one
+// pass over the counters.
+func (m *Maps) Usages(owners map[uint64]string) (map[uint64]*Usage, error) {
+	out := map[uint64]*Usage{}
+	var (
+		owner uint64
+		cur   bpfobj.PortcullisConnLimits
+	)
+	iter := m.limits.Iterate()
+	for iter.Next(&owner, &cur) {
+		if _, ok := owners[owner]; ok {
+			out[owner] = &Usage{PerDestination: cur.PerDestination, Total: cur.Total}
+		}
+	}
+	if err := iter.Err(); err != nil {
 		return nil, err
 	}
-	u := &Usage{PerDestination: cur.PerDestination, Total: cur.Total}
-	keys, counts, err := m.list(owner)
-	if err != nil {
+	if len(out) == 0 {
+		return out, nil
+	}
+	var (
+		key   bpfobj.PortcullisConnKey
+		count uint64
+	)
+	counts := m.counts.Iterate()
+	for counts.Next(&key, &count) {
+		u := out[key.Owner]
+		switch {
+		case u == nil:
+		case key.Protocol == 0:
+			u.Live = count
+		case count > 0:
+			proto := "tcp"
+			if key.Protocol == 17 {
+				proto = "udp"
+			}
+			u.Destinations = append(u.Destinations, Destination{
+				Destination: netip.AddrPortFrom(addrOf(key.Addr), key.Port).String(),
+				Protocol:    proto,
+				Count:       count,
+			})
+		}
+	}
+	if err := counts.Err(); err != nil {
 		return nil, err
 	}
-	for i, k := range keys {
-		if k.Protocol == 0 {
-			u.Live = counts[i]
-			continue
-		}
-		if counts[i] == 0 {
-			continue
-		}
-		proto := "tcp"
-		if k.Protocol == 17 {
-			proto = "udp"
-		}
-		u.Destinations = append(u.Destinations, Destination{
-			Destination: netip.AddrPortFrom(addrOf(k.Addr), k.Port).String(),
-			Protocol:    proto,
-			Count:       counts[i],
+	for _, u := range out {
+		sort.Slice(u.Destinations, func(i, j int) bool {
+			a, b := u.Destinations[i], u.Destinations[j]
+			if a.Count != b.Count {
+				return a.Count > b.Count
+			}
+			return a.Destination+a.Protocol < b.Destination+b.Protocol
 		})
 	}
-	sort.Slice(u.Destinations, func(i, j int) bool {
-		a, b := u.Destinations[i], u.Destinations[j]
-		if a.Count != b.Count {
-			return a.Count > b.Count
-		}
-		return a.Destination+a.Protocol < b.Destination+b.Protocol
-	})
-	return u, nil
+	return out, nil
 }
 
 func addrOf(w [4]uint32) netip.Addr {

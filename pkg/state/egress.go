@@ -19,15 +19,19 @@ func (s *State) syncGuards(a *Attachment, old *policy.Policy) error {
 		return err
 	}
 	defer em.Close()
-	if err := em.Set(policyKey(a), old, &a.Policy); err != nil {
-		return err
-	}
 	lm, err := limits.Open(s.dir)
 	if err != nil {
 		return err
 	}
 	defer lm.Close()
-	return lm.Set(policyKey(a), a.Policy.ConnectionLimits)
+	if err := em.Set(policyKey(a), old, &a.Policy); err != nil {
+		return err
+	}
+	if err := lm.Set(policyKey(a), a.Policy.ConnectionLimits); err != nil {
+		em.Set(policyKey(a), &a.Policy, old) // back to what it was
+		return err
+	}
+	return nil
 }
 
 // forgetGuards removes a's caps, counters, rules and group membership.
@@ -55,12 +59,31 @@ func (a *Attachment) PolicyKey() uint64 { return policyKey(a) }
 // Usage returns what an attachment holds against its connection caps (nil
 // without caps).
 func (s *State) Usage(a *Attachment) (*limits.Usage, error) {
+	all, err := s.Usages([]Attachment{*a})
+	return all[a.ID], err
+}
+
+// Usages returns what each attachment with connection caps holds, by id,
+// reading the counters once for all.
+func (s *State) Usages(list []Attachment) (map[string]*limits.Usage, error) {
 	lm, err := limits.Open(s.dir)
 	if err != nil {
 		return nil, err
 	}
 	defer lm.Close()
-	return lm.Usage(policyKey(a))
+	keys := map[uint64]string{}
+	for i := range list {
+		keys[policyKey(&list[i])] = list[i].ID
+	}
+	byKey, err := lm.Usages(keys)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*limits.Usage{}
+	for key, u := range byKey {
+		out[keys[key]] = u
+	}
+	return out, nil
 }
 
 // SetPolicy replaces an attachment's policy in place, without detaching:
