@@ -118,7 +118,8 @@ func add(inv *invocation) error {
 	if err := notPluginNetNS(args); err != nil {
 		return err
 	}
-	if _, err := netnsKey(args.Netns); err != nil {
+	key, err := netnsKey(args.Netns)
+	if err != nil {
 		return err
 	}
 	id := AttachmentID(args.ContainerID, args.IfName)
@@ -134,6 +135,12 @@ func add(inv *invocation) error {
 	if old, err := s.Get(id); err == nil {
 		if !strings.HasPrefix(old.Owner, OwnerPrefix) {
 			return types.NewError(ErrAttachFailed, fmt.Sprintf("attachment %s already exists and was made by %s, not by the CNI plugin: detach it (portcullisctl detach --id %s)", id, old.Owner, id), "")
+		}
+		if old.CgroupID == key && old.NetNS == args.Netns {
+			// The same container again (a repeated ADD, or a conf
+			// changed under it): its policy is replaced in place, so
+			// its connections and counts carry on.
+			return replaceInPlace(inv, s, id, p)
 		}
 		// The runtime repeats an ADD it thinks failed: the new one
 		// replaces the old.
@@ -153,6 +160,21 @@ func add(inv *invocation) error {
 	// The result is the main plugin's, unchanged.
 	if err := types.PrintResult(c.PrevResult, c.CNIVersion); err != nil {
 		s.Detach(id)
+		return types.NewError(types.ErrIOFailure, "write result: "+err.Error(), "")
+	}
+	return nil
+}
+
+// replaceInPlace gives an attached container its new policy without
+// detaching it (state.SetPolicy) and prints the main plugin's result.
+func replaceInPlace(inv *invocation, s *state.State, id string, p *policy.Policy) error {
+	a, err := s.SetPolicy(id, p)
+	if err != nil {
+		return types.NewError(ErrAttachFailed, "replace the policy of "+id+": "+err.Error(), "")
+	}
+	policyJSON, _ := json.Marshal(a.Policy)
+	inv.log.printf("replaced the policy of %s in place: %s", id, policyJSON)
+	if err := types.PrintResult(inv.conf.PrevResult, inv.conf.CNIVersion); err != nil {
 		return types.NewError(types.ErrIOFailure, "write result: "+err.Error(), "")
 	}
 	return nil

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/portcullis-net/portcullis/pkg/cni"
@@ -28,7 +30,7 @@ func TestConnectionCapsAndEgressThroughCNI(t *testing.T) {
 	}
 	nonprod, nonprodIP := named("nonprod")
 	other, otherIP := named("prod")
-	prod, _ := named("prod")
+	prod, prodIP := named("prod")
 	for _, k := range []*container{nonprod, other} {
 		if _, r := c.listen(k, "0.0.0.0:13020"); !r.OK {
 			t.Fatalf("listen in %s: %+v", k.id, r)
@@ -57,6 +59,23 @@ func TestConnectionCapsAndEgressThroughCNI(t *testing.T) {
 	json.Unmarshal(out, &report)
 	if got := report.Connections[prod.attachmentID()].Live; got != 2 {
 		t.Errorf("status: prod holds %d connections, want 2\n%s", got, out)
+	}
+
+	// ADD again (the portcullis plugin alone: the bridge refuses a second
+	// veth) with another named policy replaces the policy in place: the
+	// connections made carry on, the new rules apply at once.
+	env := cniEnv("ADD", prod)
+	env["CNI_ARGS"] = "IgnoreUnknown=1;" + cni.ArgPolicy + "=nonprod"
+	if out, err := c.pluginRun(env, c.pluginConf(prod, prodIP, guardKeys)); err != nil {
+		t.Fatalf("repeated ADD: %v\n%s", err, out)
+	}
+	if list := c.attachments(); len(list) != 3 {
+		t.Fatalf("attachments after the repeated ADD: %+v", list)
+	}
+	p.Connect(t, "tcp", nonprodIP+":13020", "") // no rule against nonprod now
+	p.Alive(t, first+1)
+	if log, _ := os.ReadFile(c.logFile); !strings.Contains(string(log), "replaced the policy of "+prod.attachmentID()+" in place") {
+		t.Errorf("plugin log does not say the policy was replaced in place")
 	}
 
 	// DEL leaves nothing behind in any map, group bookkeeping included.
