@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/portcullis-net/portcullis/pkg/input"
 )
 
 // logger writes the plugin's diagnostics to the conf's logFile. stdout
@@ -27,7 +29,7 @@ func openLog(path, prefix string) (*logger, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return l, fmt.Errorf("logFile %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := input.OpenAppend(path, 0o644)
 	if err != nil {
 		return l, fmt.Errorf("logFile %s: %w", path, err)
 	}

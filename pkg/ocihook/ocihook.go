@@ -29,6 +29,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/portcullis-net/portcullis/pkg/input"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -100,7 +101,7 @@ func Run(cfg Config, stage string, stdin io.Reader) error {
 // readState decodes the runtime's state JSON and checks the fields every
 // stage needs.
 func readState(r io.Reader) (*specs.State, error) {
-	data, err := io.ReadAll(r)
+	data, err := input.ReadStdin(r)
 	if err != nil {
 		return nil, fmt.Errorf("read container state from stdin: %w", err)
 	}
@@ -120,7 +121,7 @@ func readState(r io.Reader) (*specs.State, error) {
 // readConfig reads the bundle's config.json.
 func readConfig(bundle string) (*specs.Spec, error) {
 	path := filepath.Join(bundle, "config.json")
-	data, err := os.ReadFile(path)
+	data, err := input.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read bundle config: %w", err)
 	}

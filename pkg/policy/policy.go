@@ -11,11 +11,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/portcullis-net/portcullis/pkg/input"
 )
 
 // MaxPortRanges is how many allowedPorts entries the kernel side holds
@@ -173,7 +174,7 @@ func (p *Policy) UnmarshalJSON(data []byte) error {
 
 // ParseFile reads and parses a policy file.
 func ParseFile(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
+	data, err := input.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/portcullis-net/portcullis/pkg/input"
 	"github.com/portcullis-net/portcullis/pkg/policy"
 )
 
@@ -57,7 +58,7 @@ func LoadDir(dir string) ([]Declaration, error) {
 	sort.Strings(paths)
 	var all []Declaration
 	for _, path := range paths {
-		data, err := os.ReadFile(path)
+		data, err := input.ReadFile(path)
 		if err != nil {
 			return nil, err
 		}
