@@ -1,9 +1,12 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
@@ -58,5 +61,33 @@ func TestAttachErrorsSayWhatToFix(t *testing.T) {
 	}
 	if out := mustRun(t, "status", "--state-dir", dir); !strings.Contains(out, "0 attachments") && !strings.Contains(out, "not loaded") {
 		t.Errorf("failed attaches left something:\n%s", out)
+	}
+}
+
+// TestAttachRefusesTheRootCgroup: however the root is spelled, attach
+// refuses it with the message the CNI plugin and the hook give, and
+// nothing is attached to it.
+func TestAttachRefusesTheRootCgroup(t *testing.T) {
+	dir := testenv.StateDir(t)
+	cg := testenv.Cgroup(t, "root19")
+	mount, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "root")
+	os.Symlink(mount, link)
+	pol := writeFile(t, "p.json", `{}`)
+	before := testenv.Run(t, "bpftool", "cgroup", "show", mount)
+	for _, path := range []string{".", mount, mount + "/", filepath.Base(cg.Path) + "/..", cg.Path + "/../", link} {
+		_, err := run(t, "attach", "--state-dir", dir, "--cgroup", path, "--policy", pol, "--id", "root19")
+		if err == nil || !strings.Contains(err.Error(), "is the root of cgroup v2 ("+mount+"): a policy there would apply to every process on the host") {
+			t.Errorf("attach --cgroup %q: %v, want the root refused", path, err)
+		}
+	}
+	if after := testenv.Run(t, "bpftool", "cgroup", "show", mount); after != before {
+		t.Errorf("programs on the root cgroup changed:\n%s\nto\n%s", before, after)
+	}
+	if out := mustRun(t, "status", "--state-dir", dir); !strings.Contains(out, "0 attachments") && !strings.Contains(out, "not loaded") {
+		t.Errorf("refused attaches left something:\n%s", out)
 	}
 }

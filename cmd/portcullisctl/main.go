@@ -6,6 +6,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -50,7 +51,8 @@ func register(newCommand func(*options) *cobra.Command) {
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "portcullisctl:", err)
+		// One line, whatever the error (cobra's suggestions have several).
+		fmt.Fprintln(os.Stderr, "portcullisctl:", strings.Join(strings.Fields(err.Error()), " "))
 		os.Exit(1)
 	}
 }

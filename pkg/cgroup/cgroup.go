@@ -91,6 +91,25 @@ func Resolve(path string) (Cgroup, error) {
 	return Cgroup{Path: abs, ID: st.Ino}, nil
 }
 
+// RefuseRoot fails for the root of the v2 hierarchy, however the path
+// named it (".", "x/..", a trailing slash, a symlink: the id is compared,
+// not the path). Every front end refuses it with this message: programs
+// there would apply to every process on the host.
+func RefuseRoot(c Cgroup) error {
+	mount, err := Mount()
+	if err != nil {
+		return err
+	}
+	var root unix.Stat_t
+	if err := unix.Stat(mount, &root); err != nil {
+		return fmt.Errorf("cgroup v2 mount %s: %w", mount, err)
+	}
+	if c.ID == root.Ino {
+		return fmt.Errorf("cgroup %s is the root of cgroup v2 (%s): a policy there would apply to every process on the host; give the container a cgroup of its own", c.Path, mount)
+	}
+	return nil
+}
+
 // Exists reports whether the cgroup directory is still there and is the
 // same cgroup (a recreated directory of the same name has another id).
 func (c Cgroup) Exists() bool {

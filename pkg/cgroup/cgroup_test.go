@@ -48,3 +48,40 @@ func TestResolve(t *testing.T) {
 		t.Errorf("OfPID(self) = %+v, %v", self, err)
 	}
 }
+
+// TestRefuseRoot: every spelling of the v2 root is the root, and is
+// refused; a child is not.
+func TestRefuseRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root to create a cgroup")
+	}
+	mount, err := Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(mount, "portcullis-test-root19-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(dir)
+	link := filepath.Join(t.TempDir(), "root")
+	os.Symlink(mount, link)
+	child := filepath.Base(dir)
+	for _, path := range []string{".", mount, mount + "/", mount + "//", child + "/..", dir + "/..", "./" + child + "/../.", link, link + "/"} {
+		cg, err := Resolve(path)
+		if err != nil {
+			t.Errorf("Resolve(%q): %v", path, err)
+			continue
+		}
+		err = RefuseRoot(cg)
+		if err == nil || !strings.Contains(err.Error(), "is the root of cgroup v2 ("+mount+"): a policy there would apply to every process on the host") {
+			t.Errorf("RefuseRoot(Resolve(%q) = %s): %v", path, cg.Path, err)
+		}
+	}
+	for _, path := range []string{dir, child, child + "/", "./" + child} {
+		cg, err := Resolve(path)
+		if err != nil || RefuseRoot(cg) != nil {
+			t.Errorf("Resolve(%q) = %+v, %v; RefuseRoot: %v", path, cg, err, RefuseRoot(cg))
+		}
+	}
+}

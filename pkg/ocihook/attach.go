@@ -122,8 +122,8 @@ func containerCgroup(pid int, spec *specs.Spec) (cgroup.Cgroup, error) {
 	}
 	// Programs on the root cgroup, or on the cgroup the runtime runs in,
 	// would apply to the whole host or to the runtime itself.
-	if cg.Path == mount {
-		return cgroup.Cgroup{}, fmt.Errorf("process %d is in the root cgroup v2; the runtime did not give the container a cgroup of its own", pid)
+	if err := cgroup.RefuseRoot(cg); err != nil {
+		return cgroup.Cgroup{}, fmt.Errorf("process %d: %w", pid, err)
 	}
 	if self, err := cgroup.OfPID(os.Getpid()); err == nil && self.ID == cg.ID {
 		return cgroup.Cgroup{}, fmt.Errorf("process %d shares the runtime's cgroup %s; the runtime did not give the container a cgroup of its own", pid, cg.Path)

@@ -98,6 +98,9 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := cgroup.RefuseRoot(cg); err != nil {
+		return nil, err
+	}
 	if existing, err := s.Get(req.ID); err == nil {
 		return nil, fmt.Errorf("attachment %q already exists (cgroup %s); detach it first", req.ID, existing.CgroupPath)
 	} else if !errors.Is(err, ErrNotFound) {
