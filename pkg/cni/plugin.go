@@ -13,8 +13,9 @@
 //	GC      detach what the runtime no longer lists, and dead cgroups
 //	STATUS  kernel features and bpffs
 //
-// Errors are *types.Error, which skel prints as the spec's error JSON on
-// stdout; diagnostics go only to the conf's logFile.
+// Errors are *types.Error, which Main prints as the spec's error JSON
+// (cniVersion, code, msg) on stdout; diagnostics go only to the conf's
+// logFile.
 package cni
 
 import (

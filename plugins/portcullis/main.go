@@ -5,12 +5,10 @@
 package main
 
 import (
-	"github.com/containernetworking/cni/pkg/skel"
-
 	"github.com/portcullis-net/portcullis/pkg/cni"
 	_ "github.com/portcullis-net/portcullis/pkg/dispatch" // policies' dispatch bindings follow attach and detach
 )
 
 func main() {
-	skel.PluginMainFuncs(cni.Funcs(), cni.VersionInfo, cni.About)
+	cni.Main()
 }
