@@ -90,9 +90,15 @@ func ParseConf(stdin []byte, cniArgs string) (*Conf, error) {
 	if err := json.Unmarshal(stdin, &c); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "invalid portcullis conf: "+describe(err), "")
 	}
+	where := "stateDir"
 	if c.StateDir == "" {
-		c.StateDir = state.Dir()
+		c.StateDir, where = state.Dir(), "PORTCULLIS_STATE_DIR"
 	}
+	dir, err := state.CheckDir(c.StateDir)
+	if err != nil {
+		return nil, invalidConf("%s: %v", where, err)
+	}
+	c.StateDir = dir
 	if data, ok := raw["policy"]; ok && !isNull(data) {
 		p, err := policy.Parse(data)
 		if err != nil {

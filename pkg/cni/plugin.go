@@ -22,8 +22,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -329,35 +327,15 @@ func notReady(dir string) string {
 	if err := kernel.Require(dir); err != nil {
 		return err.Error() + " (portcullisctl doctor checks each feature)"
 	}
-	if st, err := os.Stat(dir); err == nil {
-		if !st.IsDir() {
-			return fmt.Sprintf("stateDir %s is not a directory", dir)
-		}
-		s, err := state.Open(dir, false)
-		if err != nil {
-			return fmt.Sprintf("the state pinned in %s cannot be opened: %v", dir, err)
-		}
-		s.Close()
+	// ParseConf checked the directory; the first ADD loads the state
+	// when there is none yet.
+	s, err := state.Open(dir, false)
+	if errors.Is(err, state.ErrNotLoaded) {
 		return ""
+	} else if err != nil {
+		return fmt.Sprintf("the state pinned in %s cannot be opened: %v", dir, err)
 	}
-	// No state yet: the first ADD loads it into the parent, mounting
-	// bpffs there when it is not bpffs already, which only works on an
-	// empty directory.
-	parent := filepath.Dir(dir)
-	var fs unix.Statfs_t
-	if unix.Statfs(parent, &fs) == nil && fs.Type == unix.BPF_FS_MAGIC {
-		return ""
-	}
-	st, err := os.Stat(parent)
-	if err != nil {
-		return fmt.Sprintf("stateDir's parent %s: %v", parent, err)
-	}
-	if !st.IsDir() {
-		return fmt.Sprintf("stateDir's parent %s is not a directory", parent)
-	}
-	if entries, _ := os.ReadDir(parent); len(entries) > 0 {
-		return fmt.Sprintf("stateDir's parent %s is not bpffs and not empty, so bpffs cannot be mounted there: mount it (mount -t bpf bpf %s) or set stateDir to a folder on bpffs", parent, parent)
-	}
+	s.Close()
 	return ""
 }
 

@@ -82,16 +82,20 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 	if err := sizes.Validate(); err != nil {
 		return false, err
 	}
+	dir, err := CheckDir(dir)
+	if err != nil {
+		return false, err
+	}
 	// The common case, an existing state, takes no lock: the parent's
 	// (/sys/fs/bpf) is shared with every other state on the host, and
 	// waiting there for another's load cost an ADD up to a second.
 	if _, err := os.Stat(dir); err == nil {
 		return false, nil
 	}
-	parent := filepath.Dir(dir)
-	if err := ensureBPFFS(parent); err != nil {
+	if err := prepareParent(dir); err != nil {
 		return false, err
 	}
+	parent := filepath.Dir(dir)
 	// The state directory does not exist yet, so creation is serialised
 	// on its parent.
 	unlock, err := flock(parent, unix.LOCK_EX)
@@ -185,15 +189,19 @@ func Open(dir string, exclusive bool) (*State, error) {
 	if exclusive {
 		how = unix.LOCK_EX
 	}
+	dir, err := CheckDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	lock, err := os.Open(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNotLoaded
 	} else if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(lock.Fd()), how); err != nil {
+	if err := lockFile(lock, how); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+		return nil, err
 	}
 	s := &State{dir: dir, lock: lock}
 	if err := s.openObjects(); err != nil {
@@ -281,26 +289,11 @@ func flock(path string, how int) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(f.Fd()), how); err != nil {
+	if err := lockFile(f, how); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return nil, err
 	}
 	return func() { f.Close() }, nil
-}
-
-// ensureBPFFS mounts bpffs on dir when dir is not on bpffs already.
-func ensureBPFFS(dir string) error {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err == nil && fs.Type == unix.BPF_FS_MAGIC {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("bpffs: %w", err)
-	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("%s is not bpffs and mounting it failed: %w (mount -t bpf bpf %s)", dir, err, dir)
-	}
-	return nil
 }
 
 func explainLoadError(err error) error {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -336,16 +337,23 @@ func cniEnv(command string, k *container) map[string]string {
 	return map[string]string{"CNI_COMMAND": command, "CNI_CONTAINERID": k.id, "CNI_NETNS": k.ns.Path, "CNI_IFNAME": "eth0"}
 }
 
-// cniError decodes the spec's error JSON; the whole of stdout must be it.
+// cniError decodes the spec's error JSON; the whole of stdout must be it,
+// with a cniVersion the plugin speaks.
 func cniError(t *testing.T, stdout string) *types.Error {
 	t.Helper()
-	var e types.Error
+	var e struct {
+		CNIVersion string `json:"cniVersion"`
+		types.Error
+	}
 	dec := json.NewDecoder(strings.NewReader(stdout))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&e); err != nil || dec.More() {
 		t.Fatalf("stdout is not one CNI error object: %v\n%s", err, stdout)
 	}
-	return &e
+	if !slices.Contains(cni.VersionInfo.SupportedVersions(), e.CNIVersion) {
+		t.Fatalf("error has cniVersion %q, not one the plugin speaks:\n%s", e.CNIVersion, stdout)
+	}
+	return &e.Error
 }
 
 // asCNIError returns the plugin error libcni hands back.

@@ -331,12 +331,11 @@ func TestStatusAndVersion(t *testing.T) {
 		t.Fatalf("STATUS with the state loaded: %v", err)
 	}
 
-	// A stateDir whose parent is an ordinary, non-empty folder: bpffs
-	// cannot be mounted there.
+	// A stateDir outside bpffs is refused with the conf, before
+	// anything is mounted there.
 	parent := t.TempDir()
-	os.WriteFile(filepath.Join(parent, "file"), nil, 0o644)
 	e := asCNIError(t, status(filepath.Join(parent, "state")))
-	if e.Code != types.ErrPluginNotAvailable || !strings.Contains(e.Msg, "portcullis is not ready: stateDir's parent "+parent+" is not bpffs and not empty") {
+	if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "stateDir: state directory "+parent+"/state is not on bpffs") {
 		t.Fatalf("STATUS on a non-bpffs folder: code %d %q", e.Code, e.Msg)
 	}
 	// A state folder on bpffs that is not a portcullis state.
