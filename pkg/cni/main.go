@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"slices"
+	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -18,6 +20,10 @@ import (
 // it, and an error is printed with the cniVersion the spec's error shape
 // has (skel prints only code and msg).
 func Main() {
+	// A runtime that stops reading stdout must not kill the plugin with
+	// SIGPIPE between attaching and undoing: the write fails instead, and
+	// ADD undoes what it did.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(mainWith(os.Getenv("CNI_COMMAND"), os.Stdin, os.Stdout))
 }
 

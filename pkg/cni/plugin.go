@@ -30,8 +30,10 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"golang.org/x/sys/unix"
 
+	"github.com/portcullis-net/portcullis/pkg/hostaddr"
 	"github.com/portcullis-net/portcullis/pkg/kernel"
 	"github.com/portcullis-net/portcullis/pkg/policy"
+	"github.com/portcullis-net/portcullis/pkg/services"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
@@ -104,7 +106,11 @@ func run(cmd string, args *skel.CmdArgs, fn func(*invocation) error) error {
 	return nil
 }
 
-func add(inv *invocation) error {
+// add attaches the container. It is all or nothing: everything that can be
+// checked without the state is checked before the state is opened (so bad
+// input never even loads it), and after that each step that changes the
+// state pushes its undo, which every later failure runs, newest first.
+func add(inv *invocation) (err error) {
 	c, args := inv.conf, inv.args
 	prev, err := c.ParsePrevResult()
 	if err != nil {
@@ -121,6 +127,9 @@ func add(inv *invocation) error {
 	if err != nil {
 		return err
 	}
+	if err := hostaddr.CheckLocal(args.Netns, p.Addresses); err != nil {
+		return types.NewError(ErrAttachFailed, err.Error(), "")
+	}
 	id := AttachmentID(args.ContainerID, args.IfName)
 
 	s, err := state.OpenOrLoad(c.StateDir)
@@ -128,9 +137,22 @@ func add(inv *invocation) error {
 		return types.NewError(ErrAttachFailed, err.Error(), "")
 	}
 	defer s.Close()
-	if err := s.ApplyServices(c.Services); err != nil {
+	var undo []func() error
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				inv.log.printf("undo after a failed ADD: %v", uerr)
+			}
+		}
+	}()
+	restore, err := applyServices(s, c.Services)
+	if err != nil {
 		return types.NewError(ErrAttachFailed, "services: "+err.Error(), "")
 	}
+	undo = append(undo, restore)
 	if old, err := s.Get(id); err == nil {
 		if !strings.HasPrefix(old.Owner, OwnerPrefix) {
 			return types.NewError(ErrAttachFailed, fmt.Sprintf("attachment %s already exists and was made by %s, not by the CNI plugin: detach it (portcullisctl detach --id %s)", id, old.Owner, id), "")
@@ -138,8 +160,19 @@ func add(inv *invocation) error {
 		if old.CgroupID == key && old.NetNS == args.Netns {
 			// The same container again (a repeated ADD, or a conf
 			// changed under it): its policy is replaced in place, so
-			// its connections and counts carry on.
-			return replaceInPlace(inv, s, id, p)
+			// its connections and counts carry on. A failure after
+			// that puts the old policy back.
+			a, err := s.SetPolicy(id, p)
+			if err != nil {
+				return types.NewError(ErrAttachFailed, "replace the policy of "+id+": "+err.Error(), "")
+			}
+			undo = append(undo, func() error {
+				_, err := s.SetPolicy(id, &old.Policy)
+				return err
+			})
+			policyJSON, _ := json.Marshal(a.Policy)
+			inv.log.printf("replaced the policy of %s in place: %s", id, policyJSON)
+			return printResult(c)
 		}
 		// The runtime repeats an ADD it thinks failed: the new one
 		// replaces the old.
@@ -147,36 +180,60 @@ func add(inv *invocation) error {
 		if err := s.Detach(id); err != nil {
 			return types.NewError(ErrAttachFailed, "replace attachment "+id+": "+err.Error(), "")
 		}
+		undo = append(undo, func() error {
+			_, err := s.Attach(state.AttachRequest{ID: old.ID, Cgroup: old.CgroupPath, Policy: &old.Policy, NetNS: old.NetNS, Owner: old.Owner})
+			return err
+		})
 	}
 	a, err := s.Attach(state.AttachRequest{ID: id, Policy: p, NetNS: args.Netns, Owner: Owner(c.Name),
 		KeyByNetNS: true, NetNSCgroup: c.NetNSCgroup})
 	if err != nil {
 		return types.NewError(ErrAttachFailed, err.Error(), "")
 	}
+	undo = append(undo, func() error { return s.Detach(id) })
 	policyJSON, _ := json.Marshal(a.Policy)
 	inv.log.printf("attached %s to network namespace %s (key %#x) policy %s", id, a.NetNS, a.CgroupID, policyJSON)
 
-	// The result is the main plugin's, unchanged.
+	return printResult(c)
+}
+
+// printResult prints the main plugin's result, unchanged.
+func printResult(c *Conf) error {
 	if err := types.PrintResult(c.PrevResult, c.CNIVersion); err != nil {
-		s.Detach(id)
 		return types.NewError(types.ErrIOFailure, "write result: "+err.Error(), "")
 	}
 	return nil
 }
 
-// replaceInPlace gives an attached container its new policy without
-// detaching it (state.SetPolicy) and prints the main plugin's result.
-func replaceInPlace(inv *invocation, s *state.State, id string, p *policy.Policy) error {
-	a, err := s.SetPolicy(id, p)
+// applyServices puts the conf's services and returns how to put them back
+// as they were. A failure part way restores them at once.
+func applyServices(s *state.State, decls []services.Declaration) (restore func() error, err error) {
+	if len(decls) == 0 {
+		return func() error { return nil }, nil
+	}
+	var names []string
+	for _, d := range decls {
+		names = append(names, d.Name)
+	}
+	var saved *services.Saved
+	err = s.WithServices(func(m *services.Maps, providers []services.Provider) error {
+		var err error
+		if saved, err = m.Save(names); err != nil {
+			return err
+		}
+		if err := m.Apply(decls, providers); err != nil {
+			return errors.Join(err, m.Restore(saved, providers))
+		}
+		return nil
+	})
 	if err != nil {
-		return types.NewError(ErrAttachFailed, "replace the policy of "+id+": "+err.Error(), "")
+		return nil, err
 	}
-	policyJSON, _ := json.Marshal(a.Policy)
-	inv.log.printf("replaced the policy of %s in place: %s", id, policyJSON)
-	if err := types.PrintResult(inv.conf.PrevResult, inv.conf.CNIVersion); err != nil {
-		return types.NewError(types.ErrIOFailure, "write result: "+err.Error(), "")
-	}
-	return nil
+	return func() error {
+		return s.WithServices(func(m *services.Maps, providers []services.Provider) error {
+			return m.Restore(saved, providers)
+		})
+	}, nil
 }
 
 func del(inv *invocation) error {
