@@ -61,9 +61,9 @@ func TestBadInput(t *testing.T) {
 			code: types.ErrInvalidEnvironmentVariables, want: "required env variables [CNI_NETNS] missing", unlogged: true},
 		{name: "CNI_NETNS is the plugin's own", k: withProc, env: map[string]string{"CNI_NETNS": c.host.Path}, stdin: good,
 			code: types.ErrInvalidNetNS, want: "CNI_NETNS " + c.host.Path + " is the plugin's own network namespace"},
-		// Last: the only failure that comes after the state is loaded.
+		// Checked before the state is opened, so it does not load it.
 		{name: "address not in the container", k: withProc, stdin: c.pluginConf(withProc, "10.97.0.3", ""),
-			code: cni.ErrAttachFailed, want: "address 10.97.0.3 is not configured in network namespace " + withProc.ns.Path, loads: true},
+			code: cni.ErrAttachFailed, want: "address 10.97.0.3 is not configured in network namespace " + withProc.ns.Path},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			os.Remove(c.logFile)
