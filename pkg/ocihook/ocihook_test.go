@@ -1,11 +1,15 @@
 package ocihook
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/input"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -31,6 +35,11 @@ func TestPolicyFromAnnotations(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "web.json"), []byte(`{"allowedPorts": ["8080"]}`), 0o644)
 	os.WriteFile(filepath.Join(dir, "bad.json"), []byte(`{"allowedPort": ["8080"]}`), 0o644)
+	// The issue's cases: a FIFO nobody writes (the hook blocked forever)
+	// and /dev/zero (it grew past 1 GiB); an oversized file too.
+	unix.Mkfifo(filepath.Join(dir, "fifo.json"), 0o600)
+	os.Symlink("/dev/zero", filepath.Join(dir, "zero.json"))
+	os.WriteFile(filepath.Join(dir, "huge.json"), append([]byte(`{"allowedPorts": ["19000"]}`), bytes.Repeat([]byte(" "), input.MaxSize)...), 0o644)
 	for _, tc := range []struct {
 		ann     map[string]string
 		wantErr string
@@ -47,6 +56,12 @@ func TestPolicyFromAnnotations(t *testing.T) {
 		{map[string]string{AnnotationPolicyName: "other"}, `policy "other": read policy`},
 		{map[string]string{AnnotationPolicy: `{}`, AnnotationPolicyName: "web"}, "annotations io.portcullis.policy, io.portcullis.policy-name: set only one of them"},
 		{map[string]string{"io.portcullis.polcy": `{}`}, "unknown annotation io.portcullis.polcy"},
+		{map[string]string{AnnotationPolicyFile: "fifo.json"}, "read policy: " + dir + "/fifo.json is a FIFO: portcullis reads only regular files"},
+		{map[string]string{AnnotationPolicyFile: "/dev/zero"}, "read policy: /dev/zero is a character device: portcullis reads only regular files"},
+		{map[string]string{AnnotationPolicyFile: "zero.json"}, "zero.json is a character device"},
+		{map[string]string{AnnotationPolicyName: "zero"}, "zero.json is a character device"},
+		{map[string]string{AnnotationPolicyFile: "huge.json"}, "huge.json is larger than the 1048576-byte (1 MiB) input limit"},
+		{map[string]string{AnnotationPolicyFile: "."}, dir + " is a directory"},
 	} {
 		p, err := PolicyFromAnnotations(tc.ann, dir, dir)
 		switch {
