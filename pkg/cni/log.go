@@ -26,6 +26,11 @@ func openLog(path, prefix string) (*logger, error) {
 	if path == "" {
 		return l, nil
 	}
+	if !filepath.IsAbs(path) {
+		// Relative to what? The runtime's working directory is no place
+		// for files.
+		return l, fmt.Errorf("logFile %q is not an absolute path", path)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return l, fmt.Errorf("logFile %s: %w", path, err)
 	}

@@ -113,6 +113,11 @@ func (p Protocol) Number() uint8 {
 // Parse reads a policy document, rejecting unknown fields and invalid
 // values with an error that names the field.
 func Parse(data []byte) (*Policy, error) {
+	// encoding/json reads null into an empty policy; a document that
+	// says null (an annotation, a file) is a mistake, not "allow all".
+	if string(bytes.TrimSpace(data)) == "null" {
+		return nil, errors.New("invalid policy: null: a policy is a JSON object ({} allows everything)")
+	}
 	var p Policy
 	if err := DecodeStrict(data, &p); err != nil {
 		return nil, fmt.Errorf("invalid policy: %w", err)
