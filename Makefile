@@ -6,7 +6,7 @@ BIN := bin
 # The programs: portcullisctl, the CNI plugin and the OCI hook.
 COMMANDS := ./cmd/... $(if $(wildcard plugins/*),./plugins/...) $(if $(wildcard hooks/*),./hooks/...)
 
-.PHONY: all deps build generate check-generated lint unit-test test test-stress bench demo install clean
+.PHONY: all deps build generate check-generated lint unit-test test test-stress bench fuzz demo install clean
 
 all: build
 
@@ -42,6 +42,7 @@ TEST_COUNT ?= 1
 TEST_TIMEOUT ?= 25m
 test: deps lint build
 	$(GO) test -count=$(TEST_COUNT) -p 1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
+	$(MAKE) fuzz FUZZTIME=3s
 
 # The tests once more while stress-ng keeps STRESS_CPUS CPUs busy (stopped
 # when they end, at the latest after STRESS_TIMEOUT).
@@ -50,6 +51,17 @@ STRESS_TIMEOUT ?= 20m
 test-stress: deps build
 	./scripts/with-cpu-stress.sh $(STRESS_CPUS) $(STRESS_TIMEOUT) \
 		$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
+
+# Go fuzz targets, package:function. go test runs their seed corpus and
+# testdata/fuzz regressions as ordinary tests; make fuzz mutates for
+# FUZZTIME each (docs/limits.md).
+FUZZ := ./pkg/policy:FuzzParse ./pkg/services:FuzzParseDeclarations ./pkg/cni:FuzzConf ./pkg/ocihook:FuzzState
+FUZZTIME ?= 1m
+fuzz:
+	@set -e; for t in $(FUZZ); do \
+		echo "fuzz $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
+	done
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./test/bench/...
