@@ -99,6 +99,15 @@ func (c *chain) failAdd(k *container, env map[string]string, conf string, code u
 	}
 }
 
+// chainWithContainer19 is a network and a container with a process and
+// the address 10.19.0.2.
+func chainWithContainer19(t *testing.T) (*chain, *container) {
+	c := newChain(t, "")
+	k := c.container(true)
+	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	return c, k
+}
+
 func (c *chain) load() {
 	c.t.Helper()
 	if out, err := exec.Command(c.ctl, "load", "--state-dir", c.stateDir).CombinedOutput(); err != nil {
@@ -109,9 +118,7 @@ func (c *chain) load() {
 // TestFailedAddAppliesNoServices is the issue's case: the conf's services
 // are valid, but prevResult gives an address the namespace does not have.
 func TestFailedAddAppliesNoServices(t *testing.T) {
-	c := newChain(t, "")
-	k := c.container(true)
-	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	c, k := chainWithContainer19(t)
 	c.load()
 	before := c.snapshot()
 	c.failAdd(k, nil, c.pluginConf(k, "10.19.0.3", services19), cni.ErrAttachFailed, "address 10.19.0.3 is not configured in network namespace")
@@ -131,9 +138,7 @@ func TestFailedAddAppliesNoServices(t *testing.T) {
 // TestFailedAttachUndoesServices: the services are applied, then the
 // attach fails (the cgroup is already attached by portcullisctl).
 func TestFailedAttachUndoesServices(t *testing.T) {
-	c := newChain(t, "")
-	k := c.container(true)
-	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	c, k := chainWithContainer19(t)
 	pol := filepath.Join(t.TempDir(), "p.json")
 	os.WriteFile(pol, []byte(`{}`), 0o644)
 	if out, err := exec.Command(c.ctl, "attach", "--state-dir", c.stateDir, "--cgroup", k.cg.Path, "--policy", pol, "--id", "squat19").CombinedOutput(); err != nil {
@@ -152,9 +157,7 @@ func TestFailedAttachUndoesServices(t *testing.T) {
 // TestFailedServicesUndoThemselves: the second service's frontend belongs
 // to another service, so Apply fails after putting the first.
 func TestFailedServicesUndoThemselves(t *testing.T) {
-	c := newChain(t, "")
-	k := c.container(true)
-	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	c, k := chainWithContainer19(t)
 	c.load()
 	if out, err := exec.Command(c.ctl, "service", "add", "other19", "--frontend", "10.19.0.11:53/udp", "--state-dir", c.stateDir).CombinedOutput(); err != nil {
 		t.Fatalf("service add: %v\n%s", err, out)
@@ -167,9 +170,7 @@ func TestFailedServicesUndoThemselves(t *testing.T) {
 // TestFailedReplaceKeepsTheOldAttachment: a repeated ADD detaches the old
 // attachment to replace it; when the new one fails, the old one is back.
 func TestFailedReplaceKeepsTheOldAttachment(t *testing.T) {
-	c := newChain(t, "")
-	k := c.container(true)
-	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	c, k := chainWithContainer19(t)
 	if out, err := c.pluginRun(cniEnv("ADD", k), c.pluginConf(k, "10.19.0.2", `"policy": {"allowedPorts": ["19001"]}`)); err != nil {
 		t.Fatalf("ADD: %v\n%s", err, out)
 	}
@@ -191,9 +192,7 @@ func TestFailedReplaceKeepsTheOldAttachment(t *testing.T) {
 // TestFailedServicesDirUndoesAll: the attach reads services.d after its
 // links are pinned; a FIFO there fails it, and the conf's services go too.
 func TestFailedServicesDirUndoesAll(t *testing.T) {
-	c := newChain(t, "")
-	k := c.container(true)
-	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	c, k := chainWithContainer19(t)
 	c.load()
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "fifo.json")
@@ -213,9 +212,7 @@ func TestFailedServicesDirUndoesAll(t *testing.T) {
 // result cannot be written. The plugin is not killed by SIGPIPE half way:
 // it undoes the attachment and the services, and fails.
 func TestAddWithClosedStdoutUndoesAll(t *testing.T) {
-	c := newChain(t, "")
-	k := c.container(true)
-	k.ns.IP(t, "addr", "add", "10.19.0.2/32", "dev", "lo")
+	c, k := chainWithContainer19(t)
 	c.load()
 	before := c.snapshot()
 	r, w, err := os.Pipe()
