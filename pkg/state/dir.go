@@ -99,10 +99,11 @@ func LockTimeout() (time.Duration, error) {
 	return d, nil
 }
 
-// lockFile takes a flock on f, polling without blocking so that it can give
-// up after LockTimeout: a process stuck while holding the lock must not
-// make every runtime's ADD or createRuntime hang.
-func lockFile(f *os.File, how int) error {
+// Lock takes a flock on f (unix.LOCK_EX or LOCK_SH), polling without
+// blocking so that it can give up after LockTimeout: a process stuck while
+// holding a lock must not make every runtime's ADD or createRuntime hang.
+// Every lock portcullis takes goes through it.
+func Lock(f *os.File, how int) error {
 	timeout, err := LockTimeout()
 	if err != nil {
 		return err

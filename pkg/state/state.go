@@ -199,7 +199,7 @@ func Open(dir string, exclusive bool) (*State, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	if err := lockFile(lock, how); err != nil {
+	if err := Lock(lock, how); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -289,7 +289,7 @@ func flock(path string, how int) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := lockFile(f, how); err != nil {
+	if err := Lock(f, how); err != nil {
 		f.Close()
 		return nil, err
 	}

@@ -233,8 +233,8 @@ func load(s *state.State, targets []Target, dryRun bool) (_ *programs, err error
 			p.close()
 		}
 	}()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	if err := state.Lock(lock, unix.LOCK_EX); err != nil {
+		return nil, err
 	}
 	if p.targets, err = ebpf.LoadPinnedMap(filepath.Join(dir, bpfobj.TerminateMapTargets), nil); err != nil {
 		return nil, fmt.Errorf("open pinned targets map: %w", err)
