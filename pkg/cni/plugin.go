@@ -181,7 +181,8 @@ func add(inv *invocation) (err error) {
 			return types.NewError(ErrAttachFailed, "replace attachment "+id+": "+err.Error(), "")
 		}
 		undo = append(undo, func() error {
-			_, err := s.Attach(state.AttachRequest{ID: old.ID, Cgroup: old.CgroupPath, Policy: &old.Policy, NetNS: old.NetNS, Owner: old.Owner})
+			_, err := s.Attach(state.AttachRequest{ID: old.ID, Cgroup: old.CgroupPath, Policy: &old.Policy, NetNS: old.NetNS, Owner: old.Owner,
+				KeyByNetNS: old.KeyedByNetNS(), NetNSCgroup: c.NetNSCgroup})
 			return err
 		})
 	}

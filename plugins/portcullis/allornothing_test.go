@@ -136,13 +136,13 @@ func TestFailedAddAppliesNoServices(t *testing.T) {
 }
 
 // TestFailedAttachUndoesServices: the services are applied, then the
-// attach fails (the cgroup is already attached by portcullisctl).
+// attach fails (another container already holds the network namespace).
 func TestFailedAttachUndoesServices(t *testing.T) {
 	c, k := chainWithContainer19(t)
-	pol := filepath.Join(t.TempDir(), "p.json")
-	os.WriteFile(pol, []byte(`{}`), 0o644)
-	if out, err := exec.Command(c.ctl, "attach", "--state-dir", c.stateDir, "--cgroup", k.cg.Path, "--policy", pol, "--id", "squat19").CombinedOutput(); err != nil {
-		t.Fatalf("attach: %v\n%s", err, out)
+	squatter := cniEnv("ADD", k)
+	squatter["CNI_CONTAINERID"] = "squat19"
+	if out, err := c.pluginRun(squatter, c.pluginConf(k, "10.19.0.2", "")); err != nil {
+		t.Fatalf("ADD squat19: %v\n%s", err, out)
 	}
 	// One of the services exists already, with other frontends: it gets
 	// them back.
@@ -150,7 +150,7 @@ func TestFailedAttachUndoesServices(t *testing.T) {
 		t.Fatalf("service add: %v\n%s", err, out)
 	}
 	before := c.snapshot()
-	c.failAdd(k, nil, c.pluginConf(k, "10.19.0.2", services19), cni.ErrAttachFailed, `is already attached as "squat19"`)
+	c.failAdd(k, nil, c.pluginConf(k, "10.19.0.2", services19), cni.ErrAttachFailed, `is already attached as "squat19-eth0"`)
 	c.requireUnchanged(before)
 }
 
@@ -168,24 +168,45 @@ func TestFailedServicesUndoThemselves(t *testing.T) {
 }
 
 // TestFailedReplaceKeepsTheOldAttachment: a repeated ADD detaches the old
-// attachment to replace it; when the new one fails, the old one is back.
+// attachment to replace it; when a later step fails (here: the result
+// cannot be written), the old one is back with its policy.
 func TestFailedReplaceKeepsTheOldAttachment(t *testing.T) {
 	c, k := chainWithContainer19(t)
 	if out, err := c.pluginRun(cniEnv("ADD", k), c.pluginConf(k, "10.19.0.2", `"policy": {"allowedPorts": ["19001"]}`)); err != nil {
 		t.Fatalf("ADD: %v\n%s", err, out)
 	}
-	other := c.container(false)
-	pol := filepath.Join(t.TempDir(), "p.json")
-	os.WriteFile(pol, []byte(`{}`), 0o644)
-	if out, err := exec.Command(c.ctl, "attach", "--state-dir", c.stateDir, "--cgroup", other.cg.Path, "--policy", pol, "--id", "squat19").CombinedOutput(); err != nil {
-		t.Fatalf("attach: %v\n%s", err, out)
-	}
 	before := c.snapshot()
-	c.failAdd(k, nil, c.pluginConf(k, "10.19.0.2", `"policy": {"allowedPorts": ["19002"]}, "runtimeConfig": {"cgroupPath": "`+other.cg.Path+`"}`),
-		cni.ErrAttachFailed, `is already attached as "squat19"`)
+	c.addWithClosedStdout(k, c.pluginConf(k, "10.19.0.2", services19+`, "policy": {"allowedPorts": ["19002"]}`))
 	c.requireUnchanged(before)
-	if progs := cgroupPrograms(t, k.cg); !strings.Contains(progs, "bind4") {
-		t.Fatalf("the old attachment's programs are not back on %s:\n%s", k.cg.Path, progs)
+	if _, r := c.listen(k, "0.0.0.0:19001"); !r.OK {
+		t.Fatalf("the old policy's port 19001 is refused after the failed replace: %+v", r)
+	}
+}
+
+// addWithClosedStdout runs ADD with a stdout nobody reads and wants it to
+// fail with exit status 1, not be killed by SIGPIPE half way.
+func (c *chain) addWithClosedStdout(k *container, conf string) {
+	c.t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	r.Close()
+	cmd := c.host.Command(c.plugin)
+	cmd.Env = append(os.Environ(), "CNI_PATH="+refPluginDir)
+	for name, v := range cniEnv("ADD", k) {
+		cmd.Env = append(cmd.Env, name+"="+v)
+	}
+	cmd.Stdin = strings.NewReader(conf)
+	cmd.Stdout = w
+	err = cmd.Run()
+	w.Close()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		c.t.Fatalf("ADD with a closed stdout: %v, want exit status 1 (not a signal)", err)
+	}
+	if log, _ := os.ReadFile(c.logFile); !strings.Contains(string(log), "write result: ") {
+		c.t.Fatalf("log does not say the result could not be written:\n%s", log)
 	}
 }
 
@@ -215,28 +236,8 @@ func TestAddWithClosedStdoutUndoesAll(t *testing.T) {
 	c, k := chainWithContainer19(t)
 	c.load()
 	before := c.snapshot()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	cmd := c.host.Command(c.plugin)
-	cmd.Env = append(os.Environ(), "CNI_PATH="+refPluginDir)
-	for name, v := range cniEnv("ADD", k) {
-		cmd.Env = append(cmd.Env, name+"="+v)
-	}
-	cmd.Stdin = strings.NewReader(c.pluginConf(k, "10.19.0.2", services19))
-	cmd.Stdout = w
-	err = cmd.Run()
-	w.Close()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("ADD with a closed stdout: %v, want exit status 1 (not a signal)", err)
-	}
+	c.addWithClosedStdout(k, c.pluginConf(k, "10.19.0.2", services19))
 	c.requireUnchanged(before)
-	if log, _ := os.ReadFile(c.logFile); !strings.Contains(string(log), "write result: ") {
-		t.Fatalf("log does not say the result could not be written:\n%s", log)
-	}
 	if progs := cgroupPrograms(t, k.cg); progs != "" {
 		t.Fatalf("programs on the cgroup after a failed ADD:\n%s", progs)
 	}

@@ -171,8 +171,24 @@ func newFixture(t *testing.T, n int, bins map[frontEnd]string) *fixture {
 	if out, err := exec.Command(bins[ctl], "load", "--state-dir", f.stateDir).CombinedOutput(); err != nil {
 		t.Fatalf("load: %v\n%s", err, out)
 	}
+	// A first CNI ADD pins the namespace programs once for good (DEL
+	// leaves them pinned, off the cgroup): do it before any snapshot.
+	for _, command := range []string{"ADD", "DEL"} {
+		cmd := exec.Command(bins[plugin])
+		cmd.Dir = f.work
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "PORTCULLIS_SERVICES_DIR=" + f.servicesDir}
+		for k, v := range f.cniEnv(command) {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Stdin = bytes.NewReader(mutate(t, string(f.cniConf(t)), "services", ""))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("warm-up %s: %v\n%s", command, err, out)
+		}
+	}
 	f.progIDs = map[int]bool{}
 	progs, _ := filepath.Glob(filepath.Join(f.stateDir, "progs", "*"))
+	netnsProgs, _ := filepath.Glob(filepath.Join(f.stateDir, "netns", "progs", "*"))
+	progs = append(progs, netnsProgs...)
 	for _, path := range progs {
 		p, err := ebpf.LoadPinnedProgram(path, nil)
 		if err != nil {
@@ -364,31 +380,30 @@ func (f *fixture) pluginInputs(t *testing.T, mount string) []badInput {
 		}
 	}
 	for path, values := range map[string][]string{
-		"cniVersion":                {`""`, `"0.1.0"`, `"9.9.9"`, `"1.0"`, `null`},
-		"name":                      {`""`, `"bad name"`, `"../x"`},
-		"stateDir":                  {`"relative19"`, `"/etc/portcullis19"`, `"/tmp/pc19"`, `"/sys/fs/bpf/../../etc/pc19"`, `"/dev/zero"`, `"/proc/self"`, strconv.Quote(f.stateDir + "/maps/policies")},
-		"logFile":                   {`"relative19.log"`, strconv.Quote(filepath.Join(f.work, "fifo.json")), `"/dev/null"`, `"/dev/zero"`, strconv.Quote(f.work), `"/proc/19/none/x"`},
-		"policy":                    {`{"allowedPorts": "19000"}`, `{"allowedPorts": ["0"]}`, `{"allowedPorts": ["70000"]}`, `{"allowedPorts": ["9-1"]}`, `{"allowedPorts": ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}`, `{"addresses": ["10.19.0.2"]}`, `{"allowedport": []}`, `{"portMappings": [{"containerPort": 0, "hostPort": 1}]}`, `{"portMappings": [{"containerPort": 80, "hostPort": 99999}]}`, `{"portMappings": [{"containerPort": 80, "hostPort": 81, "protocol": "sctp"}]}`, `{"provides": [{"service": "bad name", "port": 1}]}`, `{"provides": [{"service": "s", "port": 0}]}`, `"x"`},
-		"policies":                  {`0`, `[]`, `{"a": 0}`, `{"a": {"x": 1}}`, `{"a": {"addresses": ["10.19.0.2"]}}`},
-		"services":                  {`"x"`, `{}`, `[{}]`, `[{"name": "", "frontends": ["10.19.0.1:80"]}]`, `[{"name": "s", "frontends": []}]`, `[{"name": "s", "frontends": ["10.19.0.1"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:0"]}]`, `[{"name": "s", "frontends": ["0.0.0.0:80"]}]`, `[{"name": "s", "frontends": ["[fe80::1%lo]:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80/sctp"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80"]}, {"name": "s", "frontends": ["10.19.0.2:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80", "10.19.0.1:80"]}]`, `[{"name": "` + strings.Repeat("s", 64) + `", "frontends": ["10.19.0.1:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80"], "extra": 1}]`},
-		"prevResult":                {`"x"`, `[]`, `{"ips": 0}`, `{"ips": [{"address": "bad"}]}`, `{"ips": [{"address": "` + f.otherAddr + `/32"}]}`, `{"cniVersion": "9.9.9", "ips": []}`, `{"interfaces": 0}`},
-		"runtimeConfig":             {`0`, `[]`, `{"portMappings": 0}`, `{"portMappings": [{"containerPort": 80, "hostPort": 0}]}`, `{"cgroupPath": "."}`, `{"cgroupPath": "/"}`, strconv.Quote(mount), `{"cgroupPath": "x/.."}`, `{"cgroupPath": "` + f.cg.Path + `/.."}`, `{"cgroupPath": "/portcullis19-none"}`, `{"cgroupPath": "/etc"}`, `{"cgroupPath": "/dev/zero"}`, `{"cgroupPath": 0}`},
+		"cniVersion":    {`""`, `"0.1.0"`, `"9.9.9"`, `"1.0"`, `null`},
+		"name":          {`""`, `"bad name"`, `"../x"`},
+		"stateDir":      {`"relative19"`, `"/etc/portcullis19"`, `"/tmp/pc19"`, `"/sys/fs/bpf/../../etc/pc19"`, `"/dev/zero"`, `"/proc/self"`, strconv.Quote(f.stateDir + "/maps/policies")},
+		"logFile":       {`"relative19.log"`, strconv.Quote(filepath.Join(f.work, "fifo.json")), `"/dev/null"`, `"/dev/zero"`, strconv.Quote(f.work), `"/proc/19/none/x"`},
+		"policy":        {`{"allowedPorts": "19000"}`, `{"allowedPorts": ["0"]}`, `{"allowedPorts": ["70000"]}`, `{"allowedPorts": ["9-1"]}`, `{"allowedPorts": ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}`, `{"addresses": ["10.19.0.2"]}`, `{"allowedport": []}`, `{"portMappings": [{"containerPort": 0, "hostPort": 1}]}`, `{"portMappings": [{"containerPort": 80, "hostPort": 99999}]}`, `{"portMappings": [{"containerPort": 80, "hostPort": 81, "protocol": "sctp"}]}`, `{"provides": [{"service": "bad name", "port": 1}]}`, `{"provides": [{"service": "s", "port": 0}]}`, `"x"`},
+		"policies":      {`0`, `[]`, `{"a": 0}`, `{"a": {"x": 1}}`, `{"a": {"addresses": ["10.19.0.2"]}}`},
+		"services":      {`"x"`, `{}`, `[{}]`, `[{"name": "", "frontends": ["10.19.0.1:80"]}]`, `[{"name": "s", "frontends": []}]`, `[{"name": "s", "frontends": ["10.19.0.1"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:0"]}]`, `[{"name": "s", "frontends": ["0.0.0.0:80"]}]`, `[{"name": "s", "frontends": ["[fe80::1%lo]:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80/sctp"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80"]}, {"name": "s", "frontends": ["10.19.0.2:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80", "10.19.0.1:80"]}]`, `[{"name": "` + strings.Repeat("s", 64) + `", "frontends": ["10.19.0.1:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80"], "extra": 1}]`},
+		"prevResult":    {`"x"`, `[]`, `{"ips": 0}`, `{"ips": [{"address": "bad"}]}`, `{"ips": [{"address": "` + f.otherAddr + `/32"}]}`, `{"cniVersion": "9.9.9", "ips": []}`, `{"interfaces": 0}`},
+		"runtimeConfig": {`0`, `[]`, `{"portMappings": 0}`, `{"portMappings": [{"containerPort": 80, "hostPort": 0}]}`, `{"portMappings": [{"containerPort": 80, "hostPort": 19080, "protocol": "sctp"}]}`, `{"cgroupPath": 0}`},
+		// The namespace programs' cgroup: the warm-up put them on the
+		// root (the default), so any other is refused too.
+		"netnsCgroup":               {`0`, `"/etc"`, `"/dev/zero"`, `"/portcullis19-none"`, `"../../etc"`, strconv.Quote(f.cg.Path), strconv.Quote(f.cg.Path + "/cgroup.procs")},
 		"polcy":                     {`{}`},
 		"stateDIR":                  {`"/x"`},
 		"extra19":                   {`1`},
 		"cni.dev/valid-attachments": {`0`},
 	} {
 		for _, v := range values {
-			if path == "runtimeConfig" && strings.HasPrefix(v, `"`) {
-				v = `{"cgroupPath": ` + v + `}`
-			}
 			bad(fmt.Sprintf("%s = %.40s", path, v), add, mutate(t, string(conf), path, v), "")
 		}
 	}
 	// The issue's case: services valid, but the address is not in the
 	// namespace: code 101, and the service must not be left declared.
 	bad("address not in the namespace, with services", add, mutate(t, string(conf), "prevResult:ips:0:address", `"`+f.otherAddr+`/32"`), "is not configured in network namespace")
-	bad("root cgroupPath", add, mutate(t, string(conf), "runtimeConfig", `{"cgroupPath": "."}`), "is the root of cgroup v2")
 	bad("stateDir outside bpffs", add, mutate(t, string(conf), "stateDir", `"/etc/portcullis19"`), "is not on bpffs")
 	// Without stateDir, PORTCULLIS_STATE_DIR decides.
 	noDir := mutate(t, string(conf), "stateDir", "")
