@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"iter"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -297,22 +300,34 @@ func (f *fixture) inputs(t *testing.T, mount string) []badInput {
 	// its deadline with an error that says so.
 	lock := map[string]string{"PORTCULLIS_LOCK_TIMEOUT": "1s"}
 	for _, in := range []badInput{
-		{name: "cni ADD while the state is locked", steps: []step{{bin: plugin, env: merge(f.cniEnv("ADD"), lock), stdin: f.cniConf(t), want: "is locked by another process and was not released within 1s", deadline: 3 * time.Second}}},
-		{name: "hook while the state is locked", steps: []step{{bin: hook, args: []string{"createRuntime"}, env: lock, stdin: f.ociState(t, f.annotation()), want: "is locked by another process", deadline: 3 * time.Second}}},
-		{name: "ctl attach while the state is locked", steps: []step{{bin: ctl, args: f.attachArgs(), env: lock, want: "is locked by another process", deadline: 3 * time.Second}}},
+		{name: "cni ADD while the state is locked", steps: []step{{bin: plugin, env: merge(f.cniEnv("ADD"), lock), stdin: f.cniConf(t), want: "is locked by another process and was not released within 1s", deadline: 6 * time.Second}}},
+		{name: "hook while the state is locked", steps: []step{{bin: hook, args: []string{"createRuntime"}, env: lock, stdin: f.ociState(t, f.annotation()), want: "is locked by another process", deadline: 6 * time.Second}}},
+		{name: "ctl attach while the state is locked", steps: []step{{bin: ctl, args: f.attachArgs(), env: lock, want: "is locked by another process", deadline: 6 * time.Second}}},
 	} {
 		in.locked = true
 		ins = append(ins, in)
 	}
 	// Stdin that never ends.
-	add("cni stdin never closed", step{bin: plugin, env: f.cniEnv("ADD"), openStdin: true, want: "stdin did not end within 10s", deadline: input.StdinTimeout + 3*time.Second})
-	add("hook stdin never closed", step{bin: hook, args: []string{"createRuntime"}, openStdin: true, want: "stdin did not end within 10s", deadline: input.StdinTimeout + 3*time.Second})
+	add("cni stdin never closed", step{bin: plugin, env: f.cniEnv("ADD"), openStdin: true, want: "stdin did not end within 10s", deadline: input.StdinTimeout + 5*time.Second})
+	add("hook stdin never closed", step{bin: hook, args: []string{"createRuntime"}, openStdin: true, want: "stdin did not end within 10s", deadline: input.StdinTimeout + 5*time.Second})
 	return ins
 }
 
-func merge(maps ...map[string]string) map[string]string {
+// sorted ranges over m in key order, so that every fixture makes the same
+// inputs in the same order.
+func sorted[V any](m map[string]V) iter.Seq2[string, V] {
+	return func(yield func(string, V) bool) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if !yield(k, m[k]) {
+				return
+			}
+		}
+	}
+}
+
+func merge(ms ...map[string]string) map[string]string {
 	out := map[string]string{}
-	for _, m := range maps {
+	for _, m := range ms {
 		for k, v := range m {
 			out[k] = v
 		}
@@ -379,7 +394,7 @@ func (f *fixture) pluginInputs(t *testing.T, mount string) []badInput {
 			bad(fmt.Sprintf("%s = %.20s", path, v), add, mutate(t, string(conf), path, v), "")
 		}
 	}
-	for path, values := range map[string][]string{
+	for path, values := range sorted(map[string][]string{
 		"cniVersion":    {`""`, `"0.1.0"`, `"9.9.9"`, `"1.0"`, `null`},
 		"name":          {`""`, `"bad name"`, `"../x"`},
 		"stateDir":      {`"relative19"`, `"/etc/portcullis19"`, `"/tmp/pc19"`, `"/sys/fs/bpf/../../etc/pc19"`, `"/dev/zero"`, `"/proc/self"`, strconv.Quote(f.stateDir + "/maps/policies")},
@@ -389,14 +404,14 @@ func (f *fixture) pluginInputs(t *testing.T, mount string) []badInput {
 		"services":      {`"x"`, `{}`, `[{}]`, `[{"name": "", "frontends": ["10.19.0.1:80"]}]`, `[{"name": "s", "frontends": []}]`, `[{"name": "s", "frontends": ["10.19.0.1"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:0"]}]`, `[{"name": "s", "frontends": ["0.0.0.0:80"]}]`, `[{"name": "s", "frontends": ["[fe80::1%lo]:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80/sctp"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80"]}, {"name": "s", "frontends": ["10.19.0.2:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80", "10.19.0.1:80"]}]`, `[{"name": "` + strings.Repeat("s", 64) + `", "frontends": ["10.19.0.1:80"]}]`, `[{"name": "s", "frontends": ["10.19.0.1:80"], "extra": 1}]`},
 		"prevResult":    {`"x"`, `[]`, `{"ips": 0}`, `{"ips": [{"address": "bad"}]}`, `{"ips": [{"address": "` + f.otherAddr + `/32"}]}`, `{"cniVersion": "9.9.9", "ips": []}`, `{"interfaces": 0}`},
 		"runtimeConfig": {`0`, `[]`, `{"portMappings": 0}`, `{"portMappings": [{"containerPort": 80, "hostPort": 0}]}`, `{"portMappings": [{"containerPort": 80, "hostPort": 19080, "protocol": "sctp"}]}`, `{"cgroupPath": 0}`},
-		// The namespace programs' cgroup: the warm-up put them on the
-		// root (the default), so any other is refused too.
-		"netnsCgroup":               {`0`, `"/etc"`, `"/dev/zero"`, `"/portcullis19-none"`, `"../../etc"`, strconv.Quote(f.cg.Path), strconv.Quote(f.cg.Path + "/cgroup.procs")},
+		// The namespace programs' cgroup. (Another real cgroup is valid
+		// while no namespace is attached.)
+		"netnsCgroup":               {`0`, `"/etc"`, `"/dev/zero"`, `"/portcullis19-none"`, `"../../etc"`, strconv.Quote(f.cg.Path + "/cgroup.procs")},
 		"polcy":                     {`{}`},
 		"stateDIR":                  {`"/x"`},
 		"extra19":                   {`1`},
 		"cni.dev/valid-attachments": {`0`},
-	} {
+	}) {
 		for _, v := range values {
 			bad(fmt.Sprintf("%s = %.40s", path, v), add, mutate(t, string(conf), path, v), "")
 		}
@@ -415,7 +430,7 @@ func (f *fixture) pluginInputs(t *testing.T, mount string) []badInput {
 	}
 	fifo := filepath.Join(f.work, "fifo.json")
 	regular := filepath.Join(f.bundle, "config.json")
-	for name, v := range map[string]map[string]string{
+	for name, v := range sorted(map[string]map[string]string{
 		"no CNI_COMMAND value":     {"CNI_COMMAND": "FOO"},
 		"lower-case command":       {"CNI_COMMAND": "add"},
 		"no CNI_CONTAINERID":       {"CNI_CONTAINERID": ""},
@@ -436,7 +451,7 @@ func (f *fixture) pluginInputs(t *testing.T, mount string) []badInput {
 		"CNI_ARGS unknown policy":  {"CNI_ARGS": "IgnoreUnknown=1;PORTCULLIS_POLICY=nope"},
 		"CNI_ARGS unknown key":     {"CNI_ARGS": "A=B"},
 		"no CNI_PATH":              {"CNI_PATH": ""},
-	} {
+	}) {
 		bad(name, merge(add, v), conf, "")
 	}
 	for _, cmd := range []string{"DEL", "CHECK", "GC", "STATUS"} {
@@ -511,12 +526,12 @@ func (f *fixture) hookInputs(t *testing.T, mount string) []badInput {
 			bad(fmt.Sprintf("%s = %.20s", path, v), create, nil, mutate(t, string(state), path, v), "")
 		}
 	}
-	for path, values := range map[string][]string{
+	for path, values := range sorted(map[string][]string{
 		"id":     {`""`, `null`},
 		"pid":    {`0`, `null`, strconv.Itoa(f.deadPid), `999999999`, `2`, strconv.Itoa(os.Getpid())},
 		"bundle": {`""`, `"relative19"`, `"/nonexistent19"`, `"/dev/zero"`, strconv.Quote(filepath.Join(f.work, "fifo.json")), strconv.Quote(filepath.Join(f.bundle, "config.json")), strconv.Quote(f.bundle + "/../../../../nonexistent19")},
 		"status": {`"running"`, `0`},
-	} {
+	}) {
 		for _, v := range values {
 			args := create
 			if path == "status" {
@@ -526,7 +541,7 @@ func (f *fixture) hookInputs(t *testing.T, mount string) []badInput {
 		}
 	}
 	// config.json of every bad kind.
-	for name, make := range map[string]func(string) error{
+	for name, make := range sorted(map[string]func(string) error{
 		"fifo":      func(p string) error { return unix.Mkfifo(p, 0o600) },
 		"devzero":   func(p string) error { return os.Symlink("/dev/zero", p) },
 		"directory": func(p string) error { return os.Mkdir(p, 0o755) },
@@ -534,12 +549,12 @@ func (f *fixture) hookInputs(t *testing.T, mount string) []badInput {
 		"truncated": func(p string) error { return os.WriteFile(p, []byte(`{"ociVersion": `), 0o644) },
 		"mistyped":  func(p string) error { return os.WriteFile(p, []byte(`{"annotations": []}`), 0o644) },
 		"missing":   func(p string) error { return nil },
-	} {
+	}) {
 		b := f.badBundle(t, name, make)
 		bad("config.json "+name, create, nil, mutate(t, string(state), "bundle", strconv.Quote(b)), "")
 	}
 	// Annotations naming files and policies.
-	for value, want := range map[string]string{
+	for value, want := range sorted(map[string]string{
 		"/dev/zero":                        "is a character device",
 		"zero.json":                        "is a character device",
 		"fifo.json":                        "is a FIFO",
@@ -556,13 +571,13 @@ func (f *fixture) hookInputs(t *testing.T, mount string) []badInput {
 		"/etc/passwd":                      "invalid policy",
 		"nonexistent19.json":               "no such file",
 		"":                                 "is empty",
-	} {
+	}) {
 		bad("policy-file "+value, create, nil, f.ociState(t, map[string]string{"io.portcullis.policy-file": value}), want)
 	}
-	for value, want := range map[string]string{
+	for value, want := range sorted(map[string]string{
 		"../web": "is not a policy name", "a/b": "is not a policy name", "": "is not a policy name", ".": "is not a policy name",
 		"fifo": "is a FIFO", "zero": "is a character device", "huge": "input limit", "trunc": "invalid policy", "dir": "is a directory", "none19": "no such file",
-	} {
+	}) {
 		bad("policy-name "+value, create, nil, f.ociState(t, map[string]string{"io.portcullis.policy-name": value}), want)
 	}
 	for _, value := range []string{f.policy()[:20], `{"allowedPorts": ["0"]}`, `{"addresses": ["` + f.otherAddr + `"]}`, `{"addresses": ["0.0.0.0"]}`, `{"x": 1}`, `[]`, `null`, ``, `{"addresses": ["10.19.0.0/24"]}`} {
@@ -570,7 +585,7 @@ func (f *fixture) hookInputs(t *testing.T, mount string) []badInput {
 	}
 	bad("two annotations", create, nil, f.ociState(t, map[string]string{"io.portcullis.policy": "{}", "io.portcullis.policy-name": "web"}), "set only one of them")
 	bad("unknown annotation", create, nil, f.ociState(t, map[string]string{"io.portcullis.polcy": "{}"}), "unknown annotation")
-	for name, env := range map[string]map[string]string{
+	for name, env := range sorted(map[string]map[string]string{
 		"PORTCULLIS_STATE_DIR relative": {"PORTCULLIS_STATE_DIR": "relative19"},
 		"PORTCULLIS_STATE_DIR /etc":     {"PORTCULLIS_STATE_DIR": "/etc/portcullis19"},
 		"PORTCULLIS_STATE_DIR /tmp":     {"PORTCULLIS_STATE_DIR": "/tmp/pc19"},
@@ -578,7 +593,7 @@ func (f *fixture) hookInputs(t *testing.T, mount string) []badInput {
 		"PORTCULLIS_LOCK_TIMEOUT soon":  {"PORTCULLIS_LOCK_TIMEOUT": "soon"},
 		"PORTCULLIS_LOCK_TIMEOUT 0":     {"PORTCULLIS_LOCK_TIMEOUT": "0"},
 		"PORTCULLIS_LOCK_TIMEOUT 1h":    {"PORTCULLIS_LOCK_TIMEOUT": "1h"},
-	} {
+	}) {
 		bad(name, create, env, state, "")
 	}
 	bad("PORTCULLIS_POLICIES_DIR /dev/zero", create, map[string]string{"PORTCULLIS_POLICIES_DIR": "/dev/zero"}, f.ociState(t, map[string]string{"io.portcullis.policy-name": "web"}), "")
@@ -676,7 +691,7 @@ func (f *fixture) ctlInputs(t *testing.T, mount string) []badInput {
 	bad("service del none", nil, "service", "del", "none19")
 	bad("service show none", nil, "service", "show", "none19")
 	bad("service backend add none", nil, "service", "backend", "add", "none19", "10.19.0.1:80")
-	for name, content := range map[string]func(string) error{
+	for name, content := range sorted(map[string]func(string) error{
 		"fifo":      func(p string) error { return unix.Mkfifo(p, 0o600) },
 		"devzero":   func(p string) error { return os.Symlink("/dev/zero", p) },
 		"huge":      func(p string) error { return os.WriteFile(p, []byte(`[]`+strings.Repeat(" ", input.MaxSize)), 0o644) },
@@ -685,7 +700,7 @@ func (f *fixture) ctlInputs(t *testing.T, mount string) []badInput {
 			return os.WriteFile(p, []byte(`{"name": "s19", "frontends": ["0.0.0.0:80"]}`), 0o644)
 		},
 		"directory": func(p string) error { return os.Mkdir(p, 0o755) },
-	} {
+	}) {
 		dir := filepath.Join(f.work, "bad-bundles", "services-"+name)
 		os.Mkdir(dir, 0o755)
 		if err := content(filepath.Join(dir, "x.json")); err != nil {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/cni"
+	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
@@ -70,7 +71,10 @@ type badInput struct {
 	locked bool
 }
 
-const stepDeadline = 5 * time.Second
+// stepDeadline is what a step may take: the lock deadline, and a margin
+// for a loaded machine. (A bad input is refused in milliseconds; the
+// battery checks that none hangs.)
+const stepDeadline = state.DefaultLockTimeout + 5*time.Second
 
 // fixture is one worker's world: a state, a container (cgroup, network
 // namespace, process), a bundle, a services.d and a log outside the
