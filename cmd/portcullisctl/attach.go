@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
@@ -22,8 +23,17 @@ func newAttachCommand(opts *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The cgroup is checked before anything is loaded, and
+			// the root refused before its name becomes an id.
+			cg, err := cgroup.Resolve(cgroupPath)
+			if err != nil {
+				return err
+			}
+			if err := cgroup.RefuseRoot(cg); err != nil {
+				return err
+			}
 			if id == "" {
-				id = defaultID(cgroupPath)
+				id = defaultID(cg.Path)
 			}
 			s, err := state.OpenOrLoad(opts.stateDir)
 			if err != nil {

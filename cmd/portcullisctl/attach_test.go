@@ -79,7 +79,7 @@ func TestAttachRefusesTheRootCgroup(t *testing.T) {
 	pol := writeFile(t, "p.json", `{}`)
 	before := testenv.Run(t, "bpftool", "cgroup", "show", mount)
 	for _, path := range []string{".", mount, mount + "/", filepath.Base(cg.Path) + "/..", cg.Path + "/../", link} {
-		_, err := run(t, "attach", "--state-dir", dir, "--cgroup", path, "--policy", pol, "--id", "root19")
+		_, err := run(t, "attach", "--state-dir", dir, "--cgroup", path, "--policy", pol)
 		if err == nil || !strings.Contains(err.Error(), "is the root of cgroup v2 ("+mount+"): a policy there would apply to every process on the host") {
 			t.Errorf("attach --cgroup %q: %v, want the root refused", path, err)
 		}
@@ -87,7 +87,7 @@ func TestAttachRefusesTheRootCgroup(t *testing.T) {
 	if after := testenv.Run(t, "bpftool", "cgroup", "show", mount); after != before {
 		t.Errorf("programs on the root cgroup changed:\n%s\nto\n%s", before, after)
 	}
-	if out := mustRun(t, "status", "--state-dir", dir); !strings.Contains(out, "0 attachments") && !strings.Contains(out, "not loaded") {
-		t.Errorf("refused attaches left something:\n%s", out)
+	if out := mustRun(t, "status", "--state-dir", dir); !strings.Contains(out, "not loaded") {
+		t.Errorf("refused attaches loaded the state or left something:\n%s", out)
 	}
 }
