@@ -6,7 +6,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
-	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -19,7 +18,7 @@ func newAttachCommand(opts *options) *cobra.Command {
 		Short: "Attach a policy to a cgroup (a container, a systemd unit, a batch job)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := policy.ParseFile(policyFile)
+			p, err := readPolicy(policyFile, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
@@ -48,7 +47,7 @@ func newAttachCommand(opts *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&cgroupPath, "cgroup", "", "cgroup v2 path, absolute or relative to the cgroup v2 mount (required)")
-	cmd.Flags().StringVar(&policyFile, "policy", "", "policy JSON file (required)")
+	cmd.Flags().StringVar(&policyFile, "policy", "", "policy JSON file, or - for stdin (required)")
 	cmd.Flags().StringVar(&id, "id", "", "attachment id (default: the cgroup's base name)")
 	cmd.Flags().StringVar(&netns, "netns", "", "network namespace whose addresses the policy uses (default: the host's)")
 	cmd.MarkFlagRequired("cgroup")

@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
@@ -36,7 +35,7 @@ and connected UDP sockets whose peer the new egress rules deny are
 destroyed (TCP gets ECONNABORTED), as if they had been refused at connect.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := policy.ParseFile(policyFile)
+			p, err := readPolicy(policyFile, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}

@@ -624,6 +624,21 @@ func (f *fixture) ctlInputs(t *testing.T, mount string) []badInput {
 		{bin: ctl, args: good, ok: true},
 		{bin: ctl, args: []string{"detach", "--id", id}, ok: true},
 	}})
+	fromStdin := append(append([]string{}, good[:len(good)-2]...), "--id", id+"-stdin")
+	for i := range fromStdin {
+		if fromStdin[i] == "--policy" {
+			fromStdin[i+1] = "-"
+		}
+	}
+	ins = append(ins, badInput{name: "ctl valid attach from stdin and detach", steps: []step{
+		{bin: ctl, args: fromStdin, stdin: []byte(f.policy()), ok: true},
+		{bin: ctl, args: []string{"detach", "--id", id + "-stdin"}, ok: true},
+	}})
+	ins = append(ins,
+		badInput{name: "ctl --policy - from /dev/zero", steps: []step{{bin: ctl, args: fromStdin, stdinFile: "/dev/zero", want: "input limit"}}},
+		badInput{name: "ctl --policy - truncated", steps: []step{{bin: ctl, args: fromStdin, stdin: []byte(f.policy()[:15])}}},
+		badInput{name: "ctl --policy - never closed", steps: []step{{bin: ctl, args: fromStdin, openStdin: true, want: "stdin did not end within 10s", deadline: input.StdinTimeout + 5*time.Second}}},
+	)
 	with := func(flag, value string) []string {
 		out := append([]string{}, good...)
 		for i := range out {
