@@ -31,6 +31,9 @@
 #define POLICY_HAS_ADDR4 (1U << 0)
 #define POLICY_HAS_ADDR6 (1U << 1)
 #define POLICY_RESTRICT_PORTS (1U << 2)
+#define POLICY_HAS_MARK (1U << 3)
+#define POLICY_HAS_PRIORITY (1U << 4)
+#define POLICY_HAS_DSCP (1U << 5)
 /* Raw, ICMP datagram and packet sockets are allowed (bpf/isolation.h). */
 #define POLICY_ALLOW_RAW (1U << 8)
 
@@ -47,6 +50,11 @@ struct policy {
 	__u32 addr6[4];
 	__u32 nr_ranges;
 	struct port_range ranges[MAX_PORT_RANGES];
+	/* marks.h: SO_MARK, SO_PRIORITY and the DSCP (0-63) of its sockets */
+	__u32 mark;
+	__u32 priority;
+	__u8 dscp;
+	__u8 pad[3];
 };
 
 #define PORTMAP_TO_HOST 0

@@ -117,6 +117,9 @@ static __always_inline bool equal6(const __u32 a[4], const __u32 b[4])
 #include "egress.h"
 #include "limits.h"
 #include "isolation.h"
+#include "counters.h"
+#include "accounting.h"
+#include "marks.h"
 
 static __always_inline __u16 portmap_lookup(__u64 cgroup_id, __u16 port, __u8 protocol,
 					    __u8 direction)
@@ -160,6 +163,7 @@ static __always_inline int bind_port(struct bpf_sock_addr *ctx, __u64 cgroup_id,
 	host_port = portmap_lookup(cgroup_id, port, protocol, PORTMAP_TO_HOST);
 	if (host_port) {
 		ctx->user_port = bpf_htons(host_port);
+		count_decision(cgroup_id, DECISION_BIND_REMAPPED);
 		return SYSCALL_ALLOW;
 	}
 	if (!(p->flags & POLICY_RESTRICT_PORTS))
@@ -167,6 +171,13 @@ static __always_inline int bind_port(struct bpf_sock_addr *ctx, __u64 cgroup_id,
 	if (port_allowed(p, port) ||
 	    portmap_lookup(cgroup_id, port, protocol, PORTMAP_TO_CONTAINER))
 		return SYSCALL_ALLOW;
+	count_decision(cgroup_id, DECISION_BIND_REFUSED_PORT);
+	return SYSCALL_DENY;
+}
+
+static __always_inline int refuse_bind(__u64 cgroup_id)
+{
+	count_decision(cgroup_id, DECISION_BIND_REFUSED_ADDRESS);
 	return SYSCALL_DENY;
 }
 
@@ -197,9 +208,10 @@ int bind4(struct bpf_sock_addr *ctx)
 		return SYSCALL_ALLOW;
 	ip = bind_addr4(p, ctx->user_ip4, &deny);
 	if (deny)
-		return SYSCALL_DENY;
+		return refuse_bind(cgroup_id);
 	if (ip != ctx->user_ip4)
 		ctx->user_ip4 = ip;
+	apply_dscp(ctx, p);
 	return bind_port(ctx, cgroup_id, p) && isolation_bind4(ctx, cgroup_id, p);
 }
 
@@ -224,7 +236,7 @@ int bind6(struct bpf_sock_addr *ctx)
 		__u32 ip = bind_addr4(p, ip6[3], &deny);
 
 		if (deny)
-			return SYSCALL_DENY;
+			return refuse_bind(cgroup_id);
 		if (ip != ip6[3])
 			ctx->user_ip6[3] = ip;
 	} else if (is_any6(ip6)) {
@@ -242,8 +254,9 @@ int bind6(struct bpf_sock_addr *ctx)
 		}
 	} else if ((p->flags & (POLICY_HAS_ADDR4 | POLICY_HAS_ADDR6)) && !is_loopback6(ip6) &&
 		   !((p->flags & POLICY_HAS_ADDR6) && equal6(ip6, p->addr6))) {
-		return SYSCALL_DENY;
+		return refuse_bind(cgroup_id);
 	}
+	apply_dscp(ctx, p);
 	return bind_port(ctx, cgroup_id, p) && isolation_bind6(ctx, cgroup_id, p);
 }
 
@@ -305,16 +318,28 @@ int connect4(struct bpf_sock_addr *ctx)
 {
 	__u64 cgroup_id;
 	struct policy *p = current_policy(&cgroup_id);
+	__u32 dst, port;
 
 	if (!p)
 		return SYSCALL_ALLOW;
 	/* Services first: the source is pinned for the real destination. */
-	if (service_connect4(ctx, false) == SYSCALL_DENY)
+	dst = ctx->user_ip4;
+	port = ctx->user_port;
+	if (service_connect4(ctx, false) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_NO_BACKEND);
 		return SYSCALL_DENY;
-	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY)
+	}
+	if (ctx->user_ip4 != dst || ctx->user_port != port)
+		count_decision(cgroup_id, DECISION_CONNECT_TRANSLATED);
+	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
 		return SYSCALL_DENY;
-	if (limits_connect(ctx, cgroup_id, false) == SYSCALL_DENY)
+	}
+	if (limits_connect(ctx, cgroup_id, false) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_CAP);
 		return SYSCALL_DENY;
+	}
+	apply_dscp(ctx, p);
 	if (p->flags & POLICY_HAS_ADDR4)
 		pin_source4(ctx, p, ctx->user_ip4);
 	return SYSCALL_ALLOW;
@@ -325,16 +350,28 @@ int connect6(struct bpf_sock_addr *ctx)
 {
 	__u64 cgroup_id;
 	struct policy *p = current_policy(&cgroup_id);
-	__u32 dst[4];
+	__u32 dst[4], port;
 
 	if (!p)
 		return SYSCALL_ALLOW;
-	if (service_connect6(ctx, false) == SYSCALL_DENY)
+	port = ctx->user_port;
+	dst[3] = ctx->user_ip6[3];
+	if (service_connect6(ctx, false) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_NO_BACKEND);
 		return SYSCALL_DENY;
-	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY)
+	}
+	/* A translation always changes the port or the last word. */
+	if (ctx->user_ip6[3] != dst[3] || ctx->user_port != port)
+		count_decision(cgroup_id, DECISION_CONNECT_TRANSLATED);
+	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
 		return SYSCALL_DENY;
-	if (limits_connect(ctx, cgroup_id, true) == SYSCALL_DENY)
+	}
+	if (limits_connect(ctx, cgroup_id, true) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_CAP);
 		return SYSCALL_DENY;
+	}
+	apply_dscp(ctx, p);
 	dst[0] = ctx->user_ip6[0];
 	dst[1] = ctx->user_ip6[1];
 	dst[2] = ctx->user_ip6[2];
@@ -354,10 +391,17 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 
 	if (!p)
 		return SYSCALL_ALLOW;
-	if (service_connect4(ctx, true) == SYSCALL_DENY || !isolation_source4(ctx, cgroup_id, p))
+	if (service_connect4(ctx, true) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_NO_BACKEND);
 		return SYSCALL_DENY;
-	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY)
+	}
+	if (!isolation_source4(ctx, cgroup_id, p))
 		return SYSCALL_DENY;
+	if (egress_check(ctx, cgroup_id, false) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
+		return SYSCALL_DENY;
+	}
+	apply_dscp(ctx, p);
 	if (!(p->flags & POLICY_HAS_ADDR4) || !sk)
 		return SYSCALL_ALLOW;
 	if (ctx->msg_src_ip4 != 0 || sk->src_ip4 != 0)
@@ -365,6 +409,7 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 	if (is_loopback4(p->addr4) && !is_loopback4(ctx->user_ip4))
 		return SYSCALL_ALLOW;
 	ctx->msg_src_ip4 = p->addr4;
+	count_decision(cgroup_id, DECISION_UDP_SOURCE_REWRITTEN);
 	return SYSCALL_ALLOW;
 }
 
@@ -378,10 +423,17 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 
 	if (!p)
 		return SYSCALL_ALLOW;
-	if (service_connect6(ctx, true) == SYSCALL_DENY || !isolation_source6(ctx, cgroup_id, p))
+	if (service_connect6(ctx, true) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_NO_BACKEND);
 		return SYSCALL_DENY;
-	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY)
+	}
+	if (!isolation_source6(ctx, cgroup_id, p))
 		return SYSCALL_DENY;
+	if (egress_check(ctx, cgroup_id, true) == SYSCALL_DENY) {
+		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
+		return SYSCALL_DENY;
+	}
+	apply_dscp(ctx, p);
 	if (!(p->flags & POLICY_HAS_ADDR6) || !sk)
 		return SYSCALL_ALLOW;
 	dst[0] = ctx->user_ip6[0];
@@ -400,6 +452,7 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	ctx->msg_src_ip6[1] = p->addr6[1];
 	ctx->msg_src_ip6[2] = p->addr6[2];
 	ctx->msg_src_ip6[3] = p->addr6[3];
+	count_decision(cgroup_id, DECISION_UDP_SOURCE_REWRITTEN);
 	return SYSCALL_ALLOW;
 }
 

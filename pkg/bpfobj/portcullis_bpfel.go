@@ -58,6 +58,11 @@ type PortcullisConnSlot struct {
 	Pad        uint32
 }
 
+type PortcullisDecisionCounts struct {
+	_     structs.HostLayout
+	Count [16]uint64
+}
+
 type PortcullisEgressAddr struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -155,6 +160,10 @@ type PortcullisPolicy struct {
 	Addr6    [4]uint32
 	NrRanges uint32
 	Ranges   [16]PortcullisPortRange
+	Mark     uint32
+	Priority uint32
+	Dscp     uint8
+	Pad      [3]uint8
 }
 
 type PortcullisPortRange struct {
@@ -207,6 +216,15 @@ type PortcullisRegistration struct {
 	Pad      uint32
 }
 
+type PortcullisSockOwner struct {
+	_        structs.HostLayout
+	Key      uint64
+	Flags    uint32
+	Mark     uint32
+	Priority uint32
+	Pad      uint32
+}
+
 type PortcullisSockTag struct {
 	_     structs.HostLayout
 	Owner uint64
@@ -217,6 +235,15 @@ type PortcullisSockTag struct {
 type PortcullisSvcName struct {
 	_    structs.HostLayout
 	Name [64]int8
+}
+
+type PortcullisTrafficCounts struct {
+	_ structs.HostLayout
+	C [2][2][3]struct {
+		_       structs.HostLayout
+		Packets uint64
+		Bytes   uint64
+	}
 }
 
 type PortcullisUdpPeer struct {
@@ -242,6 +269,8 @@ const (
 	PortcullisMapAttachments          = "attachments"
 	PortcullisMapConnCounts           = "conn_counts"
 	PortcullisMapConnSlots            = "conn_slots"
+	PortcullisMapDecisions            = "decisions"
+	PortcullisMapDecisionsUser        = "decisions_user"
 	PortcullisMapEgressRules          = "egress_rules"
 	PortcullisMapGroupBits            = "group_bits"
 	PortcullisMapGroupMembers         = "group_members"
@@ -253,6 +282,7 @@ const (
 	PortcullisMapPolicies             = "policies"
 	PortcullisMapPortmaps             = "portmaps"
 	PortcullisMapPublications         = "publications"
+	PortcullisMapSockOwners           = "sock_owners"
 	PortcullisMapSvcBackends          = "svc_backends"
 	PortcullisMapSvcCounts            = "svc_counts"
 	PortcullisMapSvcDrops             = "svc_drops"
@@ -262,6 +292,9 @@ const (
 	PortcullisMapSvcPeers             = "svc_peers"
 	PortcullisMapSvcRegistry          = "svc_registry"
 	PortcullisMapSvcUdpPeers          = "svc_udp_peers"
+	PortcullisMapTraffic              = "traffic"
+	PortcullisProgAccountEgress       = "account_egress"
+	PortcullisProgAccountIngress      = "account_ingress"
 	PortcullisProgBind4               = "bind4"
 	PortcullisProgBind6               = "bind6"
 	PortcullisProgConnect4            = "connect4"
@@ -282,7 +315,9 @@ const (
 	PortcullisProgSendmsg6            = "sendmsg6"
 	PortcullisProgSetsockoptIsolation = "setsockopt_isolation"
 	PortcullisProgSockCreateIsolation = "sock_create_isolation"
+	PortcullisProgSockCreateMarks     = "sock_create_marks"
 	PortcullisProgSockRelease         = "sock_release"
+	PortcullisProgSockopsMarks        = "sockops_marks"
 	PortcullisVarNetnsCopy            = "netns_copy"
 )
 
@@ -328,6 +363,8 @@ type PortcullisSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisProgramSpecs struct {
+	AccountEgress       *ebpf.ProgramSpec `ebpf:"account_egress"`
+	AccountIngress      *ebpf.ProgramSpec `ebpf:"account_ingress"`
 	Bind4               *ebpf.ProgramSpec `ebpf:"bind4"`
 	Bind6               *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4            *ebpf.ProgramSpec `ebpf:"connect4"`
@@ -348,36 +385,42 @@ type PortcullisProgramSpecs struct {
 	Sendmsg6            *ebpf.ProgramSpec `ebpf:"sendmsg6"`
 	SetsockoptIsolation *ebpf.ProgramSpec `ebpf:"setsockopt_isolation"`
 	SockCreateIsolation *ebpf.ProgramSpec `ebpf:"sock_create_isolation"`
+	SockCreateMarks     *ebpf.ProgramSpec `ebpf:"sock_create_marks"`
 	SockRelease         *ebpf.ProgramSpec `ebpf:"sock_release"`
+	SockopsMarks        *ebpf.ProgramSpec `ebpf:"sockops_marks"`
 }
 
 // PortcullisMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisMapSpecs struct {
-	Attachments  *ebpf.MapSpec `ebpf:"attachments"`
-	ConnCounts   *ebpf.MapSpec `ebpf:"conn_counts"`
-	ConnSlots    *ebpf.MapSpec `ebpf:"conn_slots"`
-	EgressRules  *ebpf.MapSpec `ebpf:"egress_rules"`
-	GroupBits    *ebpf.MapSpec `ebpf:"group_bits"`
-	GroupMembers *ebpf.MapSpec `ebpf:"group_members"`
-	GroupRefs    *ebpf.MapSpec `ebpf:"group_refs"`
-	HostAddrs    *ebpf.MapSpec `ebpf:"host_addrs"`
-	IsoOwners    *ebpf.MapSpec `ebpf:"iso_owners"`
-	IsoSocks     *ebpf.MapSpec `ebpf:"iso_socks"`
-	Limits       *ebpf.MapSpec `ebpf:"limits"`
-	Policies     *ebpf.MapSpec `ebpf:"policies"`
-	Portmaps     *ebpf.MapSpec `ebpf:"portmaps"`
-	Publications *ebpf.MapSpec `ebpf:"publications"`
-	SvcBackends  *ebpf.MapSpec `ebpf:"svc_backends"`
-	SvcCounts    *ebpf.MapSpec `ebpf:"svc_counts"`
-	SvcDrops     *ebpf.MapSpec `ebpf:"svc_drops"`
-	SvcFrontends *ebpf.MapSpec `ebpf:"svc_frontends"`
-	SvcListeners *ebpf.MapSpec `ebpf:"svc_listeners"`
-	SvcNames     *ebpf.MapSpec `ebpf:"svc_names"`
-	SvcPeers     *ebpf.MapSpec `ebpf:"svc_peers"`
-	SvcRegistry  *ebpf.MapSpec `ebpf:"svc_registry"`
-	SvcUdpPeers  *ebpf.MapSpec `ebpf:"svc_udp_peers"`
+	Attachments   *ebpf.MapSpec `ebpf:"attachments"`
+	ConnCounts    *ebpf.MapSpec `ebpf:"conn_counts"`
+	ConnSlots     *ebpf.MapSpec `ebpf:"conn_slots"`
+	Decisions     *ebpf.MapSpec `ebpf:"decisions"`
+	DecisionsUser *ebpf.MapSpec `ebpf:"decisions_user"`
+	EgressRules   *ebpf.MapSpec `ebpf:"egress_rules"`
+	GroupBits     *ebpf.MapSpec `ebpf:"group_bits"`
+	GroupMembers  *ebpf.MapSpec `ebpf:"group_members"`
+	GroupRefs     *ebpf.MapSpec `ebpf:"group_refs"`
+	HostAddrs     *ebpf.MapSpec `ebpf:"host_addrs"`
+	IsoOwners     *ebpf.MapSpec `ebpf:"iso_owners"`
+	IsoSocks      *ebpf.MapSpec `ebpf:"iso_socks"`
+	Limits        *ebpf.MapSpec `ebpf:"limits"`
+	Policies      *ebpf.MapSpec `ebpf:"policies"`
+	Portmaps      *ebpf.MapSpec `ebpf:"portmaps"`
+	Publications  *ebpf.MapSpec `ebpf:"publications"`
+	SockOwners    *ebpf.MapSpec `ebpf:"sock_owners"`
+	SvcBackends   *ebpf.MapSpec `ebpf:"svc_backends"`
+	SvcCounts     *ebpf.MapSpec `ebpf:"svc_counts"`
+	SvcDrops      *ebpf.MapSpec `ebpf:"svc_drops"`
+	SvcFrontends  *ebpf.MapSpec `ebpf:"svc_frontends"`
+	SvcListeners  *ebpf.MapSpec `ebpf:"svc_listeners"`
+	SvcNames      *ebpf.MapSpec `ebpf:"svc_names"`
+	SvcPeers      *ebpf.MapSpec `ebpf:"svc_peers"`
+	SvcRegistry   *ebpf.MapSpec `ebpf:"svc_registry"`
+	SvcUdpPeers   *ebpf.MapSpec `ebpf:"svc_udp_peers"`
+	Traffic       *ebpf.MapSpec `ebpf:"traffic"`
 }
 
 // PortcullisVariableSpecs contains global variables before they are loaded into the kernel.
@@ -407,29 +450,33 @@ func (o *PortcullisObjects) Close() error {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisMaps struct {
-	Attachments  *ebpf.Map `ebpf:"attachments"`
-	ConnCounts   *ebpf.Map `ebpf:"conn_counts"`
-	ConnSlots    *ebpf.Map `ebpf:"conn_slots"`
-	EgressRules  *ebpf.Map `ebpf:"egress_rules"`
-	GroupBits    *ebpf.Map `ebpf:"group_bits"`
-	GroupMembers *ebpf.Map `ebpf:"group_members"`
-	GroupRefs    *ebpf.Map `ebpf:"group_refs"`
-	HostAddrs    *ebpf.Map `ebpf:"host_addrs"`
-	IsoOwners    *ebpf.Map `ebpf:"iso_owners"`
-	IsoSocks     *ebpf.Map `ebpf:"iso_socks"`
-	Limits       *ebpf.Map `ebpf:"limits"`
-	Policies     *ebpf.Map `ebpf:"policies"`
-	Portmaps     *ebpf.Map `ebpf:"portmaps"`
-	Publications *ebpf.Map `ebpf:"publications"`
-	SvcBackends  *ebpf.Map `ebpf:"svc_backends"`
-	SvcCounts    *ebpf.Map `ebpf:"svc_counts"`
-	SvcDrops     *ebpf.Map `ebpf:"svc_drops"`
-	SvcFrontends *ebpf.Map `ebpf:"svc_frontends"`
-	SvcListeners *ebpf.Map `ebpf:"svc_listeners"`
-	SvcNames     *ebpf.Map `ebpf:"svc_names"`
-	SvcPeers     *ebpf.Map `ebpf:"svc_peers"`
-	SvcRegistry  *ebpf.Map `ebpf:"svc_registry"`
-	SvcUdpPeers  *ebpf.Map `ebpf:"svc_udp_peers"`
+	Attachments   *ebpf.Map `ebpf:"attachments"`
+	ConnCounts    *ebpf.Map `ebpf:"conn_counts"`
+	ConnSlots     *ebpf.Map `ebpf:"conn_slots"`
+	Decisions     *ebpf.Map `ebpf:"decisions"`
+	DecisionsUser *ebpf.Map `ebpf:"decisions_user"`
+	EgressRules   *ebpf.Map `ebpf:"egress_rules"`
+	GroupBits     *ebpf.Map `ebpf:"group_bits"`
+	GroupMembers  *ebpf.Map `ebpf:"group_members"`
+	GroupRefs     *ebpf.Map `ebpf:"group_refs"`
+	HostAddrs     *ebpf.Map `ebpf:"host_addrs"`
+	IsoOwners     *ebpf.Map `ebpf:"iso_owners"`
+	IsoSocks      *ebpf.Map `ebpf:"iso_socks"`
+	Limits        *ebpf.Map `ebpf:"limits"`
+	Policies      *ebpf.Map `ebpf:"policies"`
+	Portmaps      *ebpf.Map `ebpf:"portmaps"`
+	Publications  *ebpf.Map `ebpf:"publications"`
+	SockOwners    *ebpf.Map `ebpf:"sock_owners"`
+	SvcBackends   *ebpf.Map `ebpf:"svc_backends"`
+	SvcCounts     *ebpf.Map `ebpf:"svc_counts"`
+	SvcDrops      *ebpf.Map `ebpf:"svc_drops"`
+	SvcFrontends  *ebpf.Map `ebpf:"svc_frontends"`
+	SvcListeners  *ebpf.Map `ebpf:"svc_listeners"`
+	SvcNames      *ebpf.Map `ebpf:"svc_names"`
+	SvcPeers      *ebpf.Map `ebpf:"svc_peers"`
+	SvcRegistry   *ebpf.Map `ebpf:"svc_registry"`
+	SvcUdpPeers   *ebpf.Map `ebpf:"svc_udp_peers"`
+	Traffic       *ebpf.Map `ebpf:"traffic"`
 }
 
 func (m *PortcullisMaps) Close() error {
@@ -437,6 +484,8 @@ func (m *PortcullisMaps) Close() error {
 		m.Attachments,
 		m.ConnCounts,
 		m.ConnSlots,
+		m.Decisions,
+		m.DecisionsUser,
 		m.EgressRules,
 		m.GroupBits,
 		m.GroupMembers,
@@ -448,6 +497,7 @@ func (m *PortcullisMaps) Close() error {
 		m.Policies,
 		m.Portmaps,
 		m.Publications,
+		m.SockOwners,
 		m.SvcBackends,
 		m.SvcCounts,
 		m.SvcDrops,
@@ -457,6 +507,7 @@ func (m *PortcullisMaps) Close() error {
 		m.SvcPeers,
 		m.SvcRegistry,
 		m.SvcUdpPeers,
+		m.Traffic,
 	)
 }
 
@@ -471,6 +522,8 @@ type PortcullisVariables struct {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisPrograms struct {
+	AccountEgress       *ebpf.Program `ebpf:"account_egress"`
+	AccountIngress      *ebpf.Program `ebpf:"account_ingress"`
 	Bind4               *ebpf.Program `ebpf:"bind4"`
 	Bind6               *ebpf.Program `ebpf:"bind6"`
 	Connect4            *ebpf.Program `ebpf:"connect4"`
@@ -491,11 +544,15 @@ type PortcullisPrograms struct {
 	Sendmsg6            *ebpf.Program `ebpf:"sendmsg6"`
 	SetsockoptIsolation *ebpf.Program `ebpf:"setsockopt_isolation"`
 	SockCreateIsolation *ebpf.Program `ebpf:"sock_create_isolation"`
+	SockCreateMarks     *ebpf.Program `ebpf:"sock_create_marks"`
 	SockRelease         *ebpf.Program `ebpf:"sock_release"`
+	SockopsMarks        *ebpf.Program `ebpf:"sockops_marks"`
 }
 
 func (p *PortcullisPrograms) Close() error {
 	return _PortcullisClose(
+		p.AccountEgress,
+		p.AccountIngress,
 		p.Bind4,
 		p.Bind6,
 		p.Connect4,
@@ -516,7 +573,9 @@ func (p *PortcullisPrograms) Close() error {
 		p.Sendmsg6,
 		p.SetsockoptIsolation,
 		p.SockCreateIsolation,
+		p.SockCreateMarks,
 		p.SockRelease,
+		p.SockopsMarks,
 	)
 }
 

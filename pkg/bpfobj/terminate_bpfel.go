@@ -24,6 +24,10 @@ type TerminatePolicy struct {
 		First uint16
 		Last  uint16
 	}
+	Mark     uint32
+	Priority uint32
+	Dscp     uint8
+	Pad      [3]uint8
 }
 
 type TerminateTermCounts struct {

@@ -56,7 +56,8 @@ func Check(bpffsDir string) []Feature {
 	}{
 		{ebpf.CGroupSockAddr, true, "bind/connect/sendmsg/getsockname"},
 		{ebpf.CGroupSock, true, "post_bind, sock_create/release"},
-		{ebpf.CGroupSKB, false, "byte accounting"},
+		{ebpf.CGroupSKB, true, "traffic accounting, packet marks"},
+		{ebpf.SockOps, true, "priority of accepted TCP sockets"},
 		{ebpf.SkLookup, false, "sk_lookup port sharing"},
 	} {
 		add("program type "+pt.t.String(), pt.required, features.HaveProgramType(pt.t), pt.use)
@@ -155,7 +156,7 @@ func attachTypes(mount string) []Feature {
 	for _, name := range sortedKeys(spec.Programs) {
 		p := spec.Programs[name]
 		switch p.Type {
-		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt:
+		case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.CGroupSKB, ebpf.CGroupSockopt, ebpf.SockOps:
 		default:
 			continue
 		}

@@ -18,10 +18,10 @@ type Layer struct {
 // plugin combines the network-wide policy, a named per-container policy and
 // what the runtime and the main plugin report:
 //
-//   - addresses, allowedPorts, connectionLimits, groups, egress and
-//     egressDefault: the last layer that sets them wins, so a named policy
-//     can narrow the network's ports or replace its egress rules; dispatch
-//     bindings likewise;
+//   - addresses, allowedPorts, connectionLimits, groups, egress,
+//     egressDefault, mark, priority and dscp: the last layer that sets
+//     them wins, so a named policy can narrow the network's ports or
+//     replace its egress rules; dispatch bindings likewise;
 //   - portMappings accumulate; the same mapping given twice is kept once,
 //     and two different mappings of one containerPort (or onto one
 //     hostPort) are an error naming both sources.
@@ -52,6 +52,15 @@ func Merge(layers ...Layer) (*Policy, error) {
 		mergeEgress(&out, l.Policy)
 		if len(l.Policy.Dispatch) > 0 {
 			out.Dispatch = slices.Clone(l.Policy.Dispatch)
+		}
+		if l.Policy.Mark != nil {
+			out.Mark = l.Policy.Mark
+		}
+		if l.Policy.Priority != nil {
+			out.Priority = l.Policy.Priority
+		}
+		if l.Policy.DSCP != nil {
+			out.DSCP = l.Policy.DSCP
 		}
 		for _, m := range l.Policy.PortMappings {
 			m.Protocol = Protocol(strings.ToLower(string(m.Protocol)))

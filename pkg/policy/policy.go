@@ -55,7 +55,16 @@ type Policy struct {
 	// datagram sockets, which are refused by default: they never pass the
 	// bind hook, so they could use any source address.
 	AllowRawSockets bool `json:"allowRawSockets,omitempty"`
+	// Mark, Priority and DSCP are set on every socket the container
+	// creates: SO_MARK, SO_PRIORITY, and the DSCP (0-63) of IP_TOS and
+	// IPV6_TCLASS (see docs/metrics.md).
+	Mark     *uint32 `json:"mark,omitempty"`
+	Priority *uint32 `json:"priority,omitempty"`
+	DSCP     *uint8  `json:"dscp,omitempty"`
 }
+
+// MaxDSCP is the largest differentiated services code point (6 bits).
+const MaxDSCP = 63
 
 // Provide says the container serves a service on one of its ports (the
 // port it binds; a port mapping, if any, is applied on top).
@@ -291,6 +300,9 @@ func (p *Policy) Validate() error {
 			return fmt.Errorf("%s: hostPort %d/%s is the target of two mappings", field, m.HostPort, m.Protocol)
 		}
 		hostPorts[hk] = true
+	}
+	if p.DSCP != nil && *p.DSCP > MaxDSCP {
+		return fmt.Errorf("dscp: %d is not a DSCP (0-%d; the TOS byte is dscp<<2)", *p.DSCP, MaxDSCP)
 	}
 	provided := map[Provide]bool{}
 	for i := range p.Provides {

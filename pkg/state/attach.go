@@ -157,6 +157,11 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 		key := e.key
 		undo.push(func() { s.portmaps.Delete(&key) })
 	}
+	// Counters first, so the policy's first decisions are counted.
+	if err := s.createCounters(a.CounterKey()); err != nil {
+		return nil, err
+	}
+	undo.push(func() { s.deleteCounters(a.CounterKey()) })
 	if err := s.put(s.policies, &cg.ID, &compiled.policy); err != nil {
 		return nil, err
 	}
@@ -289,6 +294,7 @@ func (s *State) Detach(id string) error {
 	if err := s.unindex(policyKey(a), id); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)
 	}
+	s.deleteCounters(a.CounterKey())
 	s.releaseAddresses(a)
 	if err := s.countNetNS(a.NetNS, -1); err != nil {
 		return fmt.Errorf("detach %s: %w", id, err)

@@ -12,6 +12,9 @@ const (
 	policyHasAddr4     = 1 << 0
 	policyHasAddr6     = 1 << 1
 	policyRestrictPort = 1 << 2
+	policyHasMark      = 1 << 3
+	policyHasPriority  = 1 << 4
+	policyHasDSCP      = 1 << 5
 	policyAllowRaw     = 1 << 8
 )
 
@@ -57,6 +60,18 @@ func compile(cgroupID uint64, p *policy.Policy) *compiled {
 			c.policy.Ranges[i].First = r.First
 			c.policy.Ranges[i].Last = r.Last
 		}
+	}
+	if p.Mark != nil {
+		c.policy.Flags |= policyHasMark
+		c.policy.Mark = *p.Mark
+	}
+	if p.Priority != nil {
+		c.policy.Flags |= policyHasPriority
+		c.policy.Priority = *p.Priority
+	}
+	if p.DSCP != nil {
+		c.policy.Flags |= policyHasDSCP
+		c.policy.Dscp = *p.DSCP
 	}
 	for _, m := range p.PortMappings {
 		proto := m.Protocol.Number()

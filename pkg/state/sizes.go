@@ -16,7 +16,8 @@ import (
 // each map costs.
 type Sizes struct {
 	// Containers: attachments (policies, records, the index, connection
-	// limits) and port mapping entries (two per mapping). Default 65536.
+	// limits, traffic and decision counters) and port mapping entries (two
+	// per mapping). Default 65536.
 	Containers uint32
 	// Backends: service backend slots (svc_backends). Default 131072.
 	Backends uint32
@@ -48,7 +49,8 @@ func (z Sizes) maps() []struct {
 		n     uint32
 		names []string
 	}{
-		{"containers", z.Containers, []string{bpfobj.PortcullisMapPolicies, bpfobj.PortcullisMapPortmaps, bpfobj.PortcullisMapAttachments, bpfobj.PortcullisMapLimits}},
+		{"containers", z.Containers, []string{bpfobj.PortcullisMapPolicies, bpfobj.PortcullisMapPortmaps, bpfobj.PortcullisMapAttachments, bpfobj.PortcullisMapLimits,
+			bpfobj.PortcullisMapTraffic, bpfobj.PortcullisMapDecisions, bpfobj.PortcullisMapDecisionsUser}},
 		{"backends", z.Backends, []string{bpfobj.PortcullisMapSvcBackends}},
 		{"frontends", z.Frontends, []string{bpfobj.PortcullisMapSvcFrontends}},
 		{"sockets", z.Sockets, []string{bpfobj.PortcullisMapSvcRegistry, bpfobj.PortcullisMapSvcListeners}},

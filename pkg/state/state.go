@@ -63,7 +63,8 @@ type State struct {
 	// programTable lists the cgroup programs (programs.go).
 	programTable *ebpf.Map
 	// chunks continue long records (records.go).
-	chunks *ebpf.Map
+	chunks   *ebpf.Map
+	counters counterMaps
 }
 
 // Dir is the state directory.
@@ -222,12 +223,15 @@ func OpenOrLoad(dir string) (*State, error) {
 
 func (s *State) openObjects() error {
 	maps := map[string]**ebpf.Map{
-		bpfobj.PortcullisMapPolicies:    &s.policies,
-		bpfobj.PortcullisMapPortmaps:    &s.portmaps,
-		bpfobj.PortcullisMapAttachments: &s.records,
-		indexMapName:                    &s.index,
-		netnsMapName:                    &s.netns,
-		programsMapName:                 &s.programTable,
+		bpfobj.PortcullisMapPolicies:      &s.policies,
+		bpfobj.PortcullisMapPortmaps:      &s.portmaps,
+		bpfobj.PortcullisMapAttachments:   &s.records,
+		indexMapName:                      &s.index,
+		netnsMapName:                      &s.netns,
+		programsMapName:                   &s.programTable,
+		bpfobj.PortcullisMapTraffic:       &s.counters.traffic,
+		bpfobj.PortcullisMapDecisions:     &s.counters.decisions,
+		bpfobj.PortcullisMapDecisionsUser: &s.counters.userDecisions,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
@@ -244,7 +248,7 @@ func (s *State) openObjects() error {
 
 // Close releases the objects and the lock.
 func (s *State) Close() {
-	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.netns, s.programTable, s.chunks} {
+	for _, m := range []*ebpf.Map{s.policies, s.portmaps, s.records, s.index, s.netns, s.programTable, s.chunks, s.counters.traffic, s.counters.decisions, s.counters.userDecisions} {
 		if m != nil {
 			m.Close()
 		}

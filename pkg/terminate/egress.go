@@ -1,6 +1,7 @@
 package terminate
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -30,7 +31,11 @@ func Denied(s *state.State, a *state.Attachment, dryRun bool) (*Report, error) {
 		// those: the host's namespace is not scanned.
 		paths = paths[1:]
 	}
-	return report, p.scanAll(paths, report)
+	err = p.scanAll(paths, report)
+	if !dryRun {
+		err = errors.Join(err, countTerminated(s.Dir(), report))
+	}
+	return report, err
 }
 
 // loadDenied loads bpf/egress_terminate.c for one attachment. Unlike the

@@ -136,7 +136,11 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 		return nil, err
 	}
 	defer prog.close()
-	return report, prog.scanAll(namespaces(netnsPaths), report)
+	err = prog.scanAll(namespaces(netnsPaths), report)
+	if !dryRun {
+		err = errors.Join(err, countTerminated(s.Dir(), report))
+	}
+	return report, err
 }
 
 // scanAll runs the iterators in each namespace and adds what they found to

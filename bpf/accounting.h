@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Traffic accounting: cgroup_skb ingress and egress programs count the
+ * packets and bytes of every attached container, per direction, address
+ * family (of the packet on the wire) and protocol (of the socket).
+ *
+ * Which attachment a packet belongs to: cgroup_skb programs run in softirq
+ * or for whichever task happens to send, so the current task's cgroup says
+ * nothing. The socket does: sock_create (marks.h) records the key that
+ * current_policy() returned for the creating task in the socket's local
+ * storage, so the key is whatever current_policy() keys by (cgroup id
+ * today, or anything else later), and accepted TCP sockets inherit it from
+ * their listener (BPF_F_CLONE). Sockets created before the attachment have
+ * no storage; for them the socket's cgroup and its ancestors are looked up
+ * in the policies map, once, and the result is stored.
+ *
+ * The egress program also sets the policy's mark and priority on each
+ * packet (see marks.h for why).
+ *
+ * Counters are per-CPU entries created by pkg/state at attach time; the
+ * programs never allocate an entry. Bytes are skb->len at the network
+ * layer (IP header included); packets count GSO/GRO segments.
+ *
+ * Included by portcullis.c after the policies map.
+ */
+#pragma once
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+#define ACCT_INGRESS 0
+#define ACCT_EGRESS 1
+#define ACCT_DIRECTIONS 2
+
+#define ACCT_IPV4 0
+#define ACCT_IPV6 1
+#define ACCT_FAMILIES 2
+
+#define ACCT_TCP 0
+#define ACCT_UDP 1
+#define ACCT_OTHER 2
+#define ACCT_PROTOCOLS 3
+
+struct acct_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct traffic_counts {
+	struct acct_counter c[ACCT_DIRECTIONS][ACCT_FAMILIES][ACCT_PROTOCOLS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct traffic_counts);
+} traffic SEC(".maps");
+
+/* The attachment a socket belongs to, and the mark and priority its
+ * packets get (marks.h), copied here so the packet path needs no policy
+ * lookup. */
+struct sock_owner {
+	__u64 key;
+	__u32 flags;
+	__u32 mark;
+	__u32 priority;
+	__u32 pad;
+};
+
+#define OWNER_DSCP_APPLIED (1U << 0)
+#define OWNER_HAS_MARK (1U << 1)
+#define OWNER_HAS_PRIORITY (1U << 2)
+
+static __always_inline void owner_of_policy(struct sock_owner *o, __u64 key, const struct policy *p)
+{
+	o->key = key;
+	o->mark = p->mark;
+	o->priority = p->priority;
+	if (p->flags & POLICY_HAS_MARK)
+		o->flags |= OWNER_HAS_MARK;
+	if (p->flags & POLICY_HAS_PRIORITY)
+		o->flags |= OWNER_HAS_PRIORITY;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+/* The attachment of a socket created before it, by the socket's cgroup:
+ * the deepest attached ancestor, as current_policy() finds it. */
+static __always_inline bool skb_owner_by_cgroup(struct __sk_buff *skb, struct sock_owner *o)
+{
+	__u64 id = bpf_skb_cgroup_id(skb), key = id;
+	struct policy *p = bpf_map_lookup_elem(&policies, &id);
+
+	for (int level = 1; !p && level < MAX_CGROUP_DEPTH; level++) {
+		__u64 ancestor = bpf_skb_ancestor_cgroup_id(skb, level);
+		struct policy *ap;
+
+		if (ancestor == 0 || ancestor == id)
+			break;
+		ap = bpf_map_lookup_elem(&policies, &ancestor);
+		if (ap) {
+			p = ap;
+			key = ancestor;
+		}
+	}
+	if (!p)
+		return false;
+	owner_of_policy(o, key, p);
+	return true;
+}
+
+/* Fill *o for the packet; sk is its full socket, or NULL (a request or
+ * timewait socket: its listener's cgroup decides). */
+static __always_inline bool skb_owner(struct __sk_buff *skb, struct bpf_sock *sk,
+				      struct sock_owner *o)
+{
+	struct sock_owner *stored;
+
+	if (!sk)
+		return skb_owner_by_cgroup(skb, o);
+	stored = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	if (stored) {
+		*o = *stored;
+		return true;
+	}
+	if (!skb_owner_by_cgroup(skb, o))
+		return false;
+	stored = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (stored)
+		*stored = *o;
+	return true;
+}
+
+static __always_inline int account(struct __sk_buff *skb, __u32 direction)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct sock_owner o = {};
+	struct acct_counter *c;
+	struct traffic_counts *t;
+	__u32 family, proto = ACCT_OTHER;
+
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (!skb_owner(skb, sk, &o))
+		return SYSCALL_ALLOW;
+	/* Packets the kernel sends for a socket without using its own
+	 * priority and mark (the SYN-ACK of a request socket) get them
+	 * here; for the others this changes nothing. */
+	if (direction == ACCT_EGRESS) {
+		if (o.flags & OWNER_HAS_MARK)
+			skb->mark = o.mark;
+		if (o.flags & OWNER_HAS_PRIORITY)
+			skb->priority = o.priority;
+	}
+	t = bpf_map_lookup_elem(&traffic, &o.key);
+	if (!t)
+		return SYSCALL_ALLOW;
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		family = ACCT_IPV4;
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		family = ACCT_IPV6;
+	else
+		return SYSCALL_ALLOW;
+	if (sk && sk->protocol == IPPROTO_TCP)
+		proto = ACCT_TCP;
+	else if (sk && sk->protocol == IPPROTO_UDP)
+		proto = ACCT_UDP;
+	c = &t->c[direction][family][proto];
+	/* Per-CPU, but a softirq can interrupt a task in the middle of an
+	 * update on the same CPU: the adds are atomic (and uncontended). */
+	__sync_fetch_and_add(&c->packets, skb->gso_segs ? skb->gso_segs : 1);
+	__sync_fetch_and_add(&c->bytes, skb->len);
+	return SYSCALL_ALLOW;
+}
+
+/* Both return 1: accounting never drops a packet. */
+SEC("cgroup_skb/ingress")
+int account_ingress(struct __sk_buff *skb)
+{
+	return account(skb, ACCT_INGRESS);
+}
+
+SEC("cgroup_skb/egress")
+int account_egress(struct __sk_buff *skb)
+{
+	return account(skb, ACCT_EGRESS);
+}
