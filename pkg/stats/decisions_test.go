@@ -110,3 +110,50 @@ func TestConnectDecisionsCountExactlyTheirReason(t *testing.T) {
 	}
 	check("a dry run")
 }
+
+// Issue 13's refusals are counted as their own reasons: an egress rule
+// (EPERM) and a connection cap (EAGAIN).
+func TestEgressAndCapRefusalsCountExactlyTheirReason(t *testing.T) {
+	dir := testenv.StateDir(t)
+	cg := testenv.Cgroup(t, "stats-refuse")
+	testenv.Attach(t, dir, "refuse", cg.Path, `{"connectionLimits": {"total": 1},
+		"egress": [{"action": "deny", "cidr": "127.14.0.0/16"}]}`, "")
+	probe := testenv.Binary(t, "./test/sockprobe")
+	srv := testenv.Start(t, testenv.Cgroup(t, "stats-refuse-host"), exec.Command(probe, "listen", "-proto", "tcp", "-addr", "127.0.0.1:14071", "-name", "host"))
+	if r := testenv.ParseProbe(t, srv.Line(t, 5*time.Second)); !r.OK {
+		t.Fatalf("listen: %+v", r)
+	}
+	want := map[string]uint64{}
+	for _, r := range stats.Reasons() {
+		want[r.String()] = 0
+	}
+	check := func(step string) {
+		t.Helper()
+		got := read(t, dir)["refuse"].Decisions
+		for reason, n := range want {
+			if got[reason] != n {
+				t.Errorf("after %s: %s = %d, want %d", step, reason, got[reason], n)
+			}
+		}
+	}
+	first := func(p *testenv.Proc) testenv.ProbeResult {
+		t.Helper()
+		return testenv.ParseProbe(t, p.Line(t, 5*time.Second))
+	}
+
+	if r := first(testenv.Start(t, cg, exec.Command(probe, "connect", "-proto", "tcp", "-addr", "127.14.1.1:14070"))); r.Errno != "EPERM" {
+		t.Fatalf("connect denied by egress: %+v", r)
+	}
+	want[stats.ConnectRefusedEgress.String()]++
+	check("a connect an egress rule denies")
+
+	held := testenv.Start(t, cg, exec.Command(probe, "connect", "-proto", "tcp", "-addr", "127.0.0.1:14071", "-hold"))
+	if r := first(held); r.Reply != "host" {
+		t.Fatalf("first connect: %+v", r)
+	}
+	if r := first(testenv.Start(t, cg, exec.Command(probe, "connect", "-proto", "tcp", "-addr", "127.0.0.1:14071"))); r.Errno != "EAGAIN" {
+		t.Fatalf("connect over the cap: %+v", r)
+	}
+	want[stats.ConnectRefusedCap.String()]++
+	check("a connect over the cap")
+}
