@@ -16,6 +16,7 @@
  * - A few packets do not take the socket's priority (the SYN-ACK of a
  *   listener's request socket), so the cgroup_skb egress program
  *   (accounting.h) writes skb->mark and skb->priority on every packet.
+ * - cgroup/setsockopt keeps the container from changing them afterwards.
  * - The kernel reads the TOS of an unconnected UDP datagram before the
  *   sendmsg hook runs, so on a socket that was never bound or connected
  *   the first datagram leaves without the DSCP; the later ones have it.
@@ -28,6 +29,7 @@
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_PRIORITY 12
+#define SO_MARK 36
 #define IP_TOS 1
 #define IPV6_TCLASS 67
 
@@ -98,4 +100,34 @@ int sockops_marks(struct bpf_sock_ops *ops)
 	prio = o->priority;
 	bpf_setsockopt(ops, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
 	return 1;
+}
+
+/* The container may not undo its marks: with the policy setting them,
+ * setsockopt(SO_MARK), setsockopt(SO_PRIORITY) and setsockopt(IP_TOS or
+ * IPV6_TCLASS) fail with EPERM. A container with CAP_NET_RAW or
+ * CAP_NET_ADMIN could otherwise step out of the filters that match its
+ * mark, and any process could change its DSCP (and, through IP_TOS, its
+ * priority). */
+SEC("cgroup/setsockopt")
+int setsockopt_marks(struct bpf_sockopt *ctx)
+{
+	struct policy *p;
+	__u64 key;
+	__u32 flag = 0;
+
+	if (ctx->level == SOL_SOCKET && ctx->optname == SO_MARK)
+		flag = POLICY_HAS_MARK;
+	else if (ctx->level == SOL_SOCKET && ctx->optname == SO_PRIORITY)
+		flag = POLICY_HAS_PRIORITY;
+	else if ((ctx->level == SOL_IP && ctx->optname == IP_TOS) ||
+		 (ctx->level == SOL_IPV6 && ctx->optname == IPV6_TCLASS))
+		flag = POLICY_HAS_DSCP;
+	/* Beyond a page the program sees only part of the value; 0 tells the
+	 * kernel to use the caller's buffer as it is. */
+	if (ctx->optlen > 4096)
+		ctx->optlen = 0;
+	if (!flag)
+		return 1;
+	p = current_policy(&key);
+	return p && (p->flags & flag) ? 0 : 1;
 }

@@ -314,6 +314,7 @@ const (
 	PortcullisProgSendmsg4            = "sendmsg4"
 	PortcullisProgSendmsg6            = "sendmsg6"
 	PortcullisProgSetsockoptIsolation = "setsockopt_isolation"
+	PortcullisProgSetsockoptMarks     = "setsockopt_marks"
 	PortcullisProgSockCreateIsolation = "sock_create_isolation"
 	PortcullisProgSockCreateMarks     = "sock_create_marks"
 	PortcullisProgSockRelease         = "sock_release"
@@ -384,6 +385,7 @@ type PortcullisProgramSpecs struct {
 	Sendmsg4            *ebpf.ProgramSpec `ebpf:"sendmsg4"`
 	Sendmsg6            *ebpf.ProgramSpec `ebpf:"sendmsg6"`
 	SetsockoptIsolation *ebpf.ProgramSpec `ebpf:"setsockopt_isolation"`
+	SetsockoptMarks     *ebpf.ProgramSpec `ebpf:"setsockopt_marks"`
 	SockCreateIsolation *ebpf.ProgramSpec `ebpf:"sock_create_isolation"`
 	SockCreateMarks     *ebpf.ProgramSpec `ebpf:"sock_create_marks"`
 	SockRelease         *ebpf.ProgramSpec `ebpf:"sock_release"`
@@ -543,6 +545,7 @@ type PortcullisPrograms struct {
 	Sendmsg4            *ebpf.Program `ebpf:"sendmsg4"`
 	Sendmsg6            *ebpf.Program `ebpf:"sendmsg6"`
 	SetsockoptIsolation *ebpf.Program `ebpf:"setsockopt_isolation"`
+	SetsockoptMarks     *ebpf.Program `ebpf:"setsockopt_marks"`
 	SockCreateIsolation *ebpf.Program `ebpf:"sock_create_isolation"`
 	SockCreateMarks     *ebpf.Program `ebpf:"sock_create_marks"`
 	SockRelease         *ebpf.Program `ebpf:"sock_release"`
@@ -572,6 +575,7 @@ func (p *PortcullisPrograms) Close() error {
 		p.Sendmsg4,
 		p.Sendmsg6,
 		p.SetsockoptIsolation,
+		p.SetsockoptMarks,
 		p.SockCreateIsolation,
 		p.SockCreateMarks,
 		p.SockRelease,

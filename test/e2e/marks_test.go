@@ -126,6 +126,23 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 		}
 		p.Wait(t, 5*time.Second)
 	}
+	// The container cannot undo its marks: changing them fails, and the
+	// traffic after the attempt is still marked (counted below).
+	for _, args := range [][]string{
+		{"connect", "-proto", "udp", "-addr", "10.14.1.2:14041", "-mark", "0"},
+		{"connect", "-proto", "udp", "-addr", "10.14.1.2:14041", "-tos", "0"},
+		{"connect", "-proto", "udp", "-addr", "[fd14:1::2]:14043", "-tos", "0"},
+	} {
+		p := testenv.Start(t, cg, ctr.Command(append([]string{probe}, args...)...))
+		if r := testenv.ParseProbe(t, p.Line(t, 5*time.Second)); r.Event != "setsockopt" || r.Errno != "EPERM" {
+			t.Fatalf("container %v: %+v, want setsockopt EPERM", args, r)
+		}
+	}
+	// A process outside the container's cgroup may (root in ctr).
+	outside := testenv.Start(t, testenv.Cgroup(t, "marks-outside"), ctr.Command(probe, "connect", "-proto", "udp", "-addr", "10.14.1.2:14041", "-mark", "7", "-tos", "0"))
+	if r := testenv.ParseProbe(t, outside.Line(t, 5*time.Second)); !r.OK {
+		t.Fatalf("setsockopt outside the container: %+v", r)
+	}
 	// A server in the container: the accepted socket inherits the
 	// listener's values, so its SYN-ACK and reply are marked too.
 	srv := testenv.Start(t, cg, ctr.Command(probe, "listen", "-proto", "tcp", "-addr", "[::]:14044", "-name", "ctr"))
@@ -141,14 +158,16 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 	srv.Kill()
 	time.Sleep(200 * time.Millisecond) // FINs of the closed sockets
 
-	// The sendto clients' first datagrams: two IPv4 (one from a
-	// dual-stack socket), one IPv6.
-	firstDatagrams := map[string]uint64{"4": 2, "6": 1}
+	// Not marked: the sendto clients' first datagrams, two IPv4 (one
+	// from a dual-stack socket) and one IPv6, and the datagram of the
+	// process outside the container that set its own mark and TOS.
+	outsideDatagrams := map[string]uint64{"4": 1}
+	firstDatagrams := map[string]uint64{"4": 2 + 1, "6": 1}
 	for _, ns := range []struct {
 		name   string
 		ns     *testenv.NetNS
 		exempt map[string]uint64
-	}{{"leaving the container with mark and priority", ctr, nil}, {"arriving outside with the DSCP", net, firstDatagrams}} {
+	}{{"leaving the container with mark and priority", ctr, outsideDatagrams}, {"arriving outside with the DSCP", net, firstDatagrams}} {
 		for _, fam := range []string{"4", "6"} {
 			all, marked := nftCounter(t, ns.ns, "all"+fam), nftCounter(t, ns.ns, "marked"+fam)
 			t.Logf("IPv%s %s: %d of %d packets", fam, ns.name, marked, all)

@@ -4,7 +4,7 @@
 // addresses exactly, and reports every result as one JSON line on stdout.
 //
 //	sockprobe listen  -proto tcp|udp -addr ADDR:PORT [-name NAME] [-origdst]
-//	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold] [-sendto]
+//	sockprobe connect -proto tcp|udp -addr ADDR:PORT [-send MSG] [-hold] [-sendto] [-mark N] [-tos N]
 //	sockprobe raw|ping|packet -addr ADDR:PORT   (socket creation only)
 //
 // Socket options and call variants an attacker would try (options.go):
@@ -71,6 +71,8 @@ func main() {
 	send := fs.String("send", "hello", "what a UDP client sends")
 	hold := fs.Bool("hold", false, "keep the connection open and report how it ends")
 	sendto := fs.Bool("sendto", false, "UDP: use sendto on an unconnected socket")
+	fs.IntVar(&markOpt, "mark", -1, "after connect: setsockopt(SO_MARK, N)")
+	fs.IntVar(&tosOpt, "tos", -1, "after connect: setsockopt(IP_TOS, N), IPV6_TCLASS on an IPv6 socket")
 	origdst := fs.Bool("origdst", false, "UDP server: report each datagram's destination and reply from it")
 	opts.register(fs)
 	fs.Parse(os.Args[2:])
@@ -270,6 +272,10 @@ func datagram(fd int, ap netip.AddrPort, send string) {
 	reply(fd)
 }
 
+// markOpt and tosOpt, when not -1, are set on a client's socket after it
+// connected: what a container would do to change its marks.
+var markOpt, tosOpt int
+
 func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 	if err := opts.connect(fd, sockaddr(ap)); err != nil {
 		fail("connect", err)
@@ -289,6 +295,20 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if markOpt != -1 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, markOpt); err != nil {
+			fail("setsockopt", err)
+		}
+	}
+	if tosOpt != -1 {
+		level, opt := unix.IPPROTO_IP, unix.IP_TOS
+		if ap.Addr().Is6() {
+			level, opt = unix.IPPROTO_IPV6, unix.IPV6_TCLASS
+		}
+		if err := unix.SetsockoptInt(fd, level, opt, tosOpt); err != nil {
+			fail("setsockopt", err)
 		}
 	}
 	r := result{OK: true, Event: "connected", Local: local(fd)}
