@@ -1,7 +1,6 @@
 package stats_test
 
 import (
-	"net/netip"
 	"os/exec"
 	"testing"
 	"time"
@@ -9,12 +8,11 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/services"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/stats"
-	"github.com/portcullis-net/portcullis/pkg/terminate"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
-// Connects through services, a refused connect, a rewritten UDP source and
-// a terminated socket each increment exactly their own reason.
+// Connects through services, a refused connect and a rewritten UDP source
+// each increment exactly their own reason.
 func TestConnectDecisionsCountExactlyTheirReason(t *testing.T) {
 	dir := testenv.StateDir(t)
 	cg := testenv.Cgroup(t, "stats-connect")
@@ -89,26 +87,6 @@ func TestConnectDecisionsCountExactlyTheirReason(t *testing.T) {
 	want[stats.UDPSourceRewritten.String()]++
 	check("an unconnected UDP datagram")
 
-	held := testenv.Start(t, cg, exec.Command(probe, "connect", "-proto", "tcp", "-addr", "127.14.0.10:14060", "-hold"))
-	if r := testenv.ParseProbe(t, held.Line(t, 5*time.Second)); r.Reply != "backend" {
-		t.Fatalf("held connect: %+v", r)
-	}
-	want[stats.ConnectTranslated.String()]++
-	report, err := terminate.Backend(dir, netip.MustParseAddrPort("127.0.0.1:14062"), "tcp", false)
-	if err != nil || report.Destroyed != 1 {
-		t.Fatalf("terminate: %+v %v", report, err)
-	}
-	if r := testenv.ParseProbe(t, held.Line(t, 5*time.Second)); r.Errno != "ECONNABORTED" {
-		t.Fatalf("held connection after terminate: %+v", r)
-	}
-	want[stats.SocketTerminated.String()]++
-	check("a terminated connection")
-
-	// A dry run destroys nothing and counts nothing.
-	if _, err := terminate.Backend(dir, netip.MustParseAddrPort("127.0.0.1:14062"), "tcp", true); err != nil {
-		t.Fatal(err)
-	}
-	check("a dry run")
 }
 
 // Issue 13's refusals are counted as their own reasons: an egress rule

@@ -36,7 +36,7 @@ const (
 	ConnectRefusedEgress // reserved for egress rules (issue 13)
 	ConnectRefusedCap    // reserved for connection caps (issue 13)
 	UDPSourceRewritten
-	SocketTerminated
+	SocketTerminated // reserved: termination counts per run, not per attachment
 	numReasons
 )
 

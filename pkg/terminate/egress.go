@@ -1,7 +1,6 @@
 package terminate
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -31,11 +30,7 @@ func Denied(s *state.State, a *state.Attachment, dryRun bool) (*Report, error) {
 		// those: the host's namespace is not scanned.
 		paths = paths[1:]
 	}
-	err = p.scanAll(paths, report)
-	if !dryRun {
-		err = errors.Join(err, countTerminated(s.Dir(), report))
-	}
-	return report, err
+	return report, p.scanAll(paths, report)
 }
 
 // loadDenied loads bpf/egress_terminate.c for one attachment. Unlike the

@@ -136,11 +136,7 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 		return nil, err
 	}
 	defer prog.close()
-	err = prog.scanAll(namespaces(netnsPaths), report)
-	if !dryRun {
-		err = errors.Join(err, countTerminated(s.Dir(), report))
-	}
-	return report, err
+	return report, prog.scanAll(namespaces(netnsPaths), report)
 }
 
 // scanAll runs the iterators in each namespace and adds what they found to
