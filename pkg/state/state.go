@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
@@ -265,7 +266,13 @@ func Unload(dir string, force bool) error {
 	if errors.Is(err, ErrNotLoaded) {
 		return nil
 	} else if err != nil {
-		return err
+		if !force {
+			return fmt.Errorf("%w (unload --force removes it anyway)", err)
+		}
+		// A state this build cannot read (another version's layout,
+		// or a damaged one) must still be removable: every error
+		// that names it tells the operator to unload it.
+		return removeUnreadable(dir)
 	}
 	defer s.Close()
 	list, err := s.Attachments()
@@ -281,6 +288,39 @@ func Unload(dir string, force bool) error {
 		}
 	}
 	// Rename first so no other process opens a half-removed state.
+	tmp := filepath.Join(filepath.Dir(dir), "portcullis-unload-"+strconv.Itoa(os.Getpid()))
+	if err := os.Rename(dir, tmp); err != nil {
+		return fmt.Errorf("unload: %w", err)
+	}
+	return os.RemoveAll(tmp)
+}
+
+// removeUnreadable removes a state Open cannot read: every bpf_link pinned
+// anywhere in it is detached through its own fd first (so no cgroup or
+// namespace keeps the programs once this returns; iterator links cannot be
+// detached and go with their pins), then the folder goes.
+func removeUnreadable(dir string) error {
+	unlock, err := flock(dir, unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var errs []error
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("detach %s: %w", path, err))
+			}
+			l.Close()
+		}
+		return nil
+	})
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("unload %s: %w", dir, err)
+	}
 	tmp := filepath.Join(filepath.Dir(dir), "portcullis-unload-"+strconv.Itoa(os.Getpid()))
 	if err := os.Rename(dir, tmp); err != nil {
 		return fmt.Errorf("unload: %w", err)
