@@ -24,6 +24,8 @@
  */
 #pragma once
 
+#include "owners.h"
+
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 
@@ -56,39 +58,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct traffic_counts);
 } traffic SEC(".maps");
-
-/* The attachment a socket belongs to, and the mark and priority its
- * packets get (marks.h), copied here so the packet path needs no policy
- * lookup. */
-struct sock_owner {
-	__u64 key;
-	__u32 flags;
-	__u32 mark;
-	__u32 priority;
-	__u32 pad;
-};
-
-#define OWNER_DSCP_APPLIED (1U << 0)
-#define OWNER_HAS_MARK (1U << 1)
-#define OWNER_HAS_PRIORITY (1U << 2)
-
-static __always_inline void owner_of_policy(struct sock_owner *o, __u64 key, const struct policy *p)
-{
-	o->key = key;
-	o->mark = p->mark;
-	o->priority = p->priority;
-	if (p->flags & POLICY_HAS_MARK)
-		o->flags |= OWNER_HAS_MARK;
-	if (p->flags & POLICY_HAS_PRIORITY)
-		o->flags |= OWNER_HAS_PRIORITY;
-}
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
-	__type(key, int);
-	__type(value, struct sock_owner);
-} sock_owners SEC(".maps");
 
 /* The attachment of a socket created before it, by the socket's cgroup:
  * the deepest attached ancestor, as current_policy() finds it. */

@@ -8,10 +8,14 @@
  * deletes it at detach, so the programs only look up and never allocate;
  * pkg/stats sums the CPUs. The indices below are the contract with
  * pkg/stats (and its metric label names): append new reasons, never
- * renumber. Userspace counts the reasons it decides itself (terminated
- * sockets) in decisions_user, whose entries pkg/state creates likewise.
+ * renumber. The socket iterators (sockiter.h) count the sockets they
+ * destroy here too, under the socket's attachment. decisions_user is for
+ * reasons userspace decides itself (none today; pkg/stats Maps.Add);
+ * pkg/state creates its entries likewise.
  */
 #pragma once
+
+#include "common.h"
 
 #define DECISION_BIND_REFUSED_ADDRESS 0
 #define DECISION_BIND_REFUSED_PORT 1
@@ -21,7 +25,7 @@
 #define DECISION_CONNECT_REFUSED_EGRESS 5 /* reserved: egress rules (issue 13) */
 #define DECISION_CONNECT_REFUSED_CAP 6    /* reserved: connection caps (issue 13) */
 #define DECISION_UDP_SOURCE_REWRITTEN 7
-#define DECISION_SOCKET_TERMINATED 8 /* counted by pkg/terminate */
+#define DECISION_SOCKET_TERMINATED 8 /* counted by the iterators, sockiter.h */
 /* Room for more reasons without changing the map's value size. */
 #define DECISION_MAX 16
 
@@ -37,7 +41,7 @@ struct {
 	__type(value, struct decision_counts);
 } decisions SEC(".maps");
 
-/* The reasons userspace counts (DECISION_SOCKET_TERMINATED), same layout.
+/* Reasons userspace would count (none today), same layout.
  * Not per-CPU: pkg/stats updates it under a flock on its pin, and writing
  * a per-CPU entry from userspace would overwrite the programs' adds. */
 struct {

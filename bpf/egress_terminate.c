@@ -90,7 +90,7 @@ static __always_inline void check(struct bpf_iter_meta *meta, struct sock_common
 		return;
 	if (target_cgroup && !in_target(sk))
 		return;
-	ev.cgroup_id = target_cgroup;
+	ev.cgroup_id = target_owner; /* the attachment's key: its counters */
 	if (!dry_run && term_destroy(meta, &ev, skc))
 		return;
 	bpf_seq_write(meta->seq, &ev, sizeof(ev));

@@ -10,6 +10,8 @@
 #include "common.h"
 #include <bpf/bpf_core_read.h>
 #include "kernel.h"
+#include "counters.h"
+#include "owners.h"
 
 #define TERM_EVENT_SOCKET 1
 #define TERM_EVENT_SUMMARY 2
@@ -27,7 +29,7 @@ struct term_event {
 	__u16 pad;
 	__u32 family;
 	__u32 pad2;
-	__u64 cgroup_id;   /* the attached cgroup that holds the policy */
+	__u64 cgroup_id;   /* the policy key of the socket's attachment */
 	__u64 scanned;     /* summary: sockets the iterator walked */
 	__u64 matched;     /* summary: sockets that matched, without an event */
 	__u64 destroyed;   /* summary: of those, destroyed (all of them) */
@@ -58,9 +60,11 @@ struct {
 	__type(value, struct term_counts);
 } session_counts SEC(".maps");
 
-/* term_destroy destroys the socket and counts it. It returns false when
- * the socket still needs an event: the destroy failed (ev->result says
- * why), or it could not be counted. */
+/* term_destroy destroys the socket and counts it: in the run's summary
+ * and in the socket_terminated counter of the attachment whose policy key
+ * is ev->cgroup_id. It returns false when the socket still needs an event:
+ * the destroy failed (ev->result says why), or it could not be counted in
+ * the summary. */
 static __always_inline bool term_destroy(struct bpf_iter_meta *meta, struct term_event *ev,
 					 struct sock_common *skc)
 {
@@ -70,6 +74,7 @@ static __always_inline bool term_destroy(struct bpf_iter_meta *meta, struct term
 	ev->result = bpf_sock_destroy(skc);
 	if (ev->result)
 		return false;
+	count_decision(ev->cgroup_id, DECISION_SOCKET_TERMINATED);
 	c = bpf_map_lookup_elem(&session_counts, &session);
 	if (!c) {
 		bpf_map_update_elem(&session_counts, &session, &zero, BPF_NOEXIST);

@@ -16,8 +16,9 @@
  *     0, meaning any port), for its protocol,
  *   - it is a TCP socket with a peer (established, connecting, closing: not
  *     listening, not closed) or a connected UDP socket,
- *   - its cgroup, or one of its ancestors, has a policy: it belongs to an
- *     attached container. Host processes are never touched.
+ *   - it belongs to an attached container: the attachment recorded in its
+ *     storage (owners.h) is still there, or its cgroup or one of its
+ *     ancestors has a policy. Host processes are never touched.
  */
 #include "sockiter.h"
 
@@ -101,6 +102,21 @@ static __always_inline __u64 attached_cgroup(struct sock *sk)
 	return 0;
 }
 
+/* owner_key returns the policy key of the attachment the socket belongs
+ * to, or 0 when no container owns it: the key sock_create recorded in the
+ * socket's storage (owners.h; the only way to a namespace-keyed
+ * attachment, whose sockets live in any cgroup), while that attachment
+ * still exists, else the socket's attached cgroup (a socket created
+ * before the attachment). */
+static __always_inline __u64 owner_key(struct sock *sk)
+{
+	struct sock_owner *o = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+
+	if (o && bpf_map_lookup_elem(&policies, &o->key))
+		return o->key;
+	return attached_cgroup(sk);
+}
+
 static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_common *skc,
 				      struct sock *sk, __u8 protocol)
 {
@@ -109,7 +125,7 @@ static __always_inline void terminate(struct bpf_iter_meta *meta, struct sock_co
 
 	if (!action)
 		return;
-	ev.cgroup_id = attached_cgroup(sk);
+	ev.cgroup_id = owner_key(sk);
 	if (!ev.cgroup_id)
 		return;
 	term_socket(&ev, skc);

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type EgressTerminateDecisionCounts struct {
+	_     structs.HostLayout
+	Count [16]uint64
+}
+
 type EgressTerminateEgressAddr struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -77,6 +82,15 @@ type EgressTerminateMemberKey struct {
 	Bit  uint32
 }
 
+type EgressTerminateSockOwner struct {
+	_        structs.HostLayout
+	Key      uint64
+	Flags    uint32
+	Mark     uint32
+	Priority uint32
+	Pad      uint32
+}
+
 type EgressTerminateTermCounts struct {
 	_         structs.HostLayout
 	Matched   uint64
@@ -87,11 +101,14 @@ type EgressTerminateTermCounts struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	EgressTerminateMapDecisions     = "decisions"
+	EgressTerminateMapDecisionsUser = "decisions_user"
 	EgressTerminateMapEgressRules   = "egress_rules"
 	EgressTerminateMapGroupBits     = "group_bits"
 	EgressTerminateMapGroupMembers  = "group_members"
 	EgressTerminateMapGroupRefs     = "group_refs"
 	EgressTerminateMapSessionCounts = "session_counts"
+	EgressTerminateMapSockOwners    = "sock_owners"
 	EgressTerminateMapSvcListeners  = "svc_listeners"
 	EgressTerminateProgDeniedTcp    = "denied_tcp"
 	EgressTerminateProgDeniedUdp    = "denied_udp"
@@ -150,11 +167,14 @@ type EgressTerminateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EgressTerminateMapSpecs struct {
+	Decisions     *ebpf.MapSpec `ebpf:"decisions"`
+	DecisionsUser *ebpf.MapSpec `ebpf:"decisions_user"`
 	EgressRules   *ebpf.MapSpec `ebpf:"egress_rules"`
 	GroupBits     *ebpf.MapSpec `ebpf:"group_bits"`
 	GroupMembers  *ebpf.MapSpec `ebpf:"group_members"`
 	GroupRefs     *ebpf.MapSpec `ebpf:"group_refs"`
 	SessionCounts *ebpf.MapSpec `ebpf:"session_counts"`
+	SockOwners    *ebpf.MapSpec `ebpf:"sock_owners"`
 	SvcListeners  *ebpf.MapSpec `ebpf:"svc_listeners"`
 }
 
@@ -187,21 +207,27 @@ func (o *EgressTerminateObjects) Close() error {
 //
 // It can be passed to LoadEgressTerminateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EgressTerminateMaps struct {
+	Decisions     *ebpf.Map `ebpf:"decisions"`
+	DecisionsUser *ebpf.Map `ebpf:"decisions_user"`
 	EgressRules   *ebpf.Map `ebpf:"egress_rules"`
 	GroupBits     *ebpf.Map `ebpf:"group_bits"`
 	GroupMembers  *ebpf.Map `ebpf:"group_members"`
 	GroupRefs     *ebpf.Map `ebpf:"group_refs"`
 	SessionCounts *ebpf.Map `ebpf:"session_counts"`
+	SockOwners    *ebpf.Map `ebpf:"sock_owners"`
 	SvcListeners  *ebpf.Map `ebpf:"svc_listeners"`
 }
 
 func (m *EgressTerminateMaps) Close() error {
 	return _EgressTerminateClose(
+		m.Decisions,
+		m.DecisionsUser,
 		m.EgressRules,
 		m.GroupBits,
 		m.GroupMembers,
 		m.GroupRefs,
 		m.SessionCounts,
+		m.SockOwners,
 		m.SvcListeners,
 	)
 }

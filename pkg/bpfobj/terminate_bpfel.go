@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type TerminateDecisionCounts struct {
+	_     structs.HostLayout
+	Count [16]uint64
+}
+
 type TerminatePolicy struct {
 	_        structs.HostLayout
 	Flags    uint32
@@ -28,6 +33,15 @@ type TerminatePolicy struct {
 	Priority uint32
 	Dscp     uint8
 	Pad      [3]uint8
+}
+
+type TerminateSockOwner struct {
+	_        structs.HostLayout
+	Key      uint64
+	Flags    uint32
+	Mark     uint32
+	Priority uint32
+	Pad      uint32
 }
 
 type TerminateTermCounts struct {
@@ -67,8 +81,11 @@ type TerminateTermTarget struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	TerminateMapDecisions       = "decisions"
+	TerminateMapDecisionsUser   = "decisions_user"
 	TerminateMapPolicies        = "policies"
 	TerminateMapSessionCounts   = "session_counts"
+	TerminateMapSockOwners      = "sock_owners"
 	TerminateMapTargets         = "targets"
 	TerminateProgTerminateTcp   = "terminate_tcp"
 	TerminateProgTerminateUdp   = "terminate_udp"
@@ -125,8 +142,11 @@ type TerminateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TerminateMapSpecs struct {
+	Decisions     *ebpf.MapSpec `ebpf:"decisions"`
+	DecisionsUser *ebpf.MapSpec `ebpf:"decisions_user"`
 	Policies      *ebpf.MapSpec `ebpf:"policies"`
 	SessionCounts *ebpf.MapSpec `ebpf:"session_counts"`
+	SockOwners    *ebpf.MapSpec `ebpf:"sock_owners"`
 	Targets       *ebpf.MapSpec `ebpf:"targets"`
 }
 
@@ -157,15 +177,21 @@ func (o *TerminateObjects) Close() error {
 //
 // It can be passed to LoadTerminateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TerminateMaps struct {
+	Decisions     *ebpf.Map `ebpf:"decisions"`
+	DecisionsUser *ebpf.Map `ebpf:"decisions_user"`
 	Policies      *ebpf.Map `ebpf:"policies"`
 	SessionCounts *ebpf.Map `ebpf:"session_counts"`
+	SockOwners    *ebpf.Map `ebpf:"sock_owners"`
 	Targets       *ebpf.Map `ebpf:"targets"`
 }
 
 func (m *TerminateMaps) Close() error {
 	return _TerminateClose(
+		m.Decisions,
+		m.DecisionsUser,
 		m.Policies,
 		m.SessionCounts,
+		m.SockOwners,
 		m.Targets,
 	)
 }

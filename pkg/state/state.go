@@ -172,7 +172,7 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 	}
 	// Termination is optional: a kernel without bpf_sock_destroy still
 	// gets a working state, and terminate says what is missing.
-	_ = pinTermination(filepath.Join(tmp, "terminate"), coll.Maps[bpfobj.PortcullisMapPolicies])
+	_ = pinTermination(filepath.Join(tmp, "terminate"), coll.Maps)
 	for name, p := range coll.Programs {
 		if err := p.Pin(filepath.Join(tmp, "progs", name)); err != nil {
 			return false, fmt.Errorf("pin program %s: %w", name, err)

@@ -23,19 +23,32 @@ import (
 // bpf_sock_destroy): the state works, only termination is unavailable.
 func (s *State) TerminationDir() string { return filepath.Join(s.dir, "terminate") }
 
-// pinTermination loads the termination programs, sharing policies (their
-// way to tell an attached container's socket), and pins their iterator
-// links and targets map in dir. On error dir is not left behind.
-func pinTermination(dir string, policies *ebpf.Map) (err error) {
+// terminationShared are the maps of the state the termination programs
+// use: policies (their way to tell an attached container's socket),
+// sock_owners (the attachment a socket was created in) and the decision
+// counters (socket_terminated).
+var terminationShared = []string{bpfobj.TerminateMapPolicies, bpfobj.TerminateMapSockOwners,
+	bpfobj.TerminateMapDecisions, bpfobj.TerminateMapDecisionsUser}
+
+// pinTermination loads the termination programs, sharing the state's maps
+// (terminationShared, from maps), and pins their iterator links and
+// targets map in dir. On error dir is not left behind.
+func pinTermination(dir string, maps map[string]*ebpf.Map) (err error) {
 	spec, err := bpfobj.LoadTerminate()
 	if err != nil {
 		return err
 	}
-	// A replacement map must match the spec, size included.
-	spec.Maps[bpfobj.TerminateMapPolicies].MaxEntries = policies.MaxEntries()
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: map[string]*ebpf.Map{bpfobj.TerminateMapPolicies: policies},
-	})
+	replace := map[string]*ebpf.Map{}
+	for _, name := range terminationShared {
+		m := maps[name]
+		if m == nil {
+			return fmt.Errorf("termination programs: no map %s", name)
+		}
+		// A replacement map must match the spec, size included.
+		spec.Maps[name].MaxEntries = m.MaxEntries()
+		replace[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
 	if err != nil {
 		return err
 	}

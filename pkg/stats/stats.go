@@ -36,7 +36,7 @@ const (
 	ConnectRefusedEgress // reserved for egress rules (issue 13)
 	ConnectRefusedCap    // reserved for connection caps (issue 13)
 	UDPSourceRewritten
-	SocketTerminated // reserved: termination counts per run, not per attachment
+	SocketTerminated // counted by the termination iterators (bpf/sockiter.h)
 	numReasons
 )
 

@@ -54,8 +54,10 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 			return nil, nil, fmt.Errorf("egress termination %s: %w", name, err)
 		}
 	}
-	// The programs read the pinned egress maps.
-	names := []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits, bpfobj.EgressTerminateMapSvcListeners}
+	// The programs read the pinned egress maps and count what they
+	// destroy in the attachment's decision counters.
+	names := []string{bpfobj.EgressTerminateMapEgressRules, bpfobj.EgressTerminateMapGroupMembers, bpfobj.EgressTerminateMapGroupBits, bpfobj.EgressTerminateMapSvcListeners,
+		bpfobj.EgressTerminateMapDecisions, bpfobj.EgressTerminateMapDecisionsUser, bpfobj.EgressTerminateMapSockOwners}
 	pinned := make([]*ebpf.Map, len(names))
 	dst := map[string]**ebpf.Map{}
 	for i, name := range names {
