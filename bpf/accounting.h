@@ -25,39 +25,7 @@
 #pragma once
 
 #include "owners.h"
-
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-
-#define ACCT_INGRESS 0
-#define ACCT_EGRESS 1
-#define ACCT_DIRECTIONS 2
-
-#define ACCT_IPV4 0
-#define ACCT_IPV6 1
-#define ACCT_FAMILIES 2
-
-#define ACCT_TCP 0
-#define ACCT_UDP 1
-#define ACCT_OTHER 2
-#define ACCT_PROTOCOLS 3
-
-struct acct_counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-struct traffic_counts {
-	struct acct_counter c[ACCT_DIRECTIONS][ACCT_FAMILIES][ACCT_PROTOCOLS];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64);
-	__type(value, struct traffic_counts);
-} traffic SEC(".maps");
+#include "traffic.h"
 
 /* The attachment of a socket created before it, by the socket's cgroup:
  * the deepest attached ancestor, as current_policy() finds it. */
@@ -110,7 +78,6 @@ static __always_inline int account(struct __sk_buff *skb, __u32 direction)
 {
 	struct bpf_sock *sk = skb->sk;
 	struct sock_owner o = {};
-	struct acct_counter *c;
 	struct traffic_counts *t;
 	__u32 family, proto = ACCT_OTHER;
 
@@ -140,11 +107,7 @@ static __always_inline int account(struct __sk_buff *skb, __u32 direction)
 		proto = ACCT_TCP;
 	else if (sk && sk->protocol == IPPROTO_UDP)
 		proto = ACCT_UDP;
-	c = &t->c[direction][family][proto];
-	/* Per-CPU, but a softirq can interrupt a task in the middle of an
-	 * update on the same CPU: the adds are atomic (and uncontended). */
-	__sync_fetch_and_add(&c->packets, skb->gso_segs ? skb->gso_segs : 1);
-	__sync_fetch_and_add(&c->bytes, skb->len);
+	traffic_add(t, direction, family, proto, skb->gso_segs, skb->len);
 	return SYSCALL_ALLOW;
 }
 
