@@ -228,7 +228,11 @@ func newServiceShow(opts *options) *cobra.Command {
 					return render(cmd.OutOrStdout(), opts, svc, nil, nil)
 				}
 				out := cmd.OutOrStdout()
-				fmt.Fprintf(out, "service %s\nfrontends: %s\n\n", svc.Name, joinEndpoints(svc.Frontends))
+				fmt.Fprintf(out, "service %s\nfrontends: %s\n", svc.Name, joinEndpoints(svc.Frontends))
+				if svc.DeclaredBy != "" {
+					fmt.Fprintf(out, "declared by: node %s (portcullisctl sync)\n", svc.DeclaredBy)
+				}
+				fmt.Fprintln(out)
 				var rows [][]string
 				for _, b := range svc.Backends {
 					addr := "-"

@@ -16,10 +16,11 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/services"
 )
 
-// Etcd shares backends under PREFIX/backends/SERVICE/NODE/ENDPOINT, each
-// key held by the node's lease: a node that stops renewing it (killed,
-// partitioned) loses its keys when the TTL runs out, and every watcher
-// sees them deleted.
+// Etcd shares backends under PREFIX/backends/SERVICE/NODE/ENDPOINT and
+// declarations under PREFIX/services/SERVICE/NODE, each key held by the
+// node's lease: a node that stops renewing it (killed, partitioned) loses
+// its keys when the TTL runs out, and every watcher sees them deleted.
+// Other keys under PREFIX are not read.
 type Etcd struct {
 	client *clientv3.Client
 	prefix string
@@ -47,16 +48,18 @@ func NewEtcd(endpoints []string, prefix, node string, ttl time.Duration, logger 
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(endpoints, ","), err)
 	}
-	return &Etcd{client: c, prefix: strings.TrimRight(prefix, "/") + "/backends/", node: node, ttl: ttl, log: logger}, nil
+	return &Etcd{client: c, prefix: strings.TrimRight(prefix, "/") + "/", node: node, ttl: ttl, log: logger}, nil
 }
 
 // Close closes the client.
 func (e *Etcd) Close() error { return e.client.Close() }
 
-func (e *Etcd) key(b Backend) string { return e.prefix + b.Key() }
+func (e *Etcd) key(b Backend) string { return e.prefix + "backends/" + b.Key() }
+
+func (e *Etcd) serviceKey(d Declared) string { return e.prefix + "services/" + d.Key() }
 
 // Publish implements Source.
-func (e *Etcd) Publish(ctx context.Context, local <-chan []Backend) error {
+func (e *Etcd) Publish(ctx context.Context, local <-chan Set) error {
 	var (
 		want      = map[string]string{} // key -> value this node should have
 		published map[string]string     // what etcd holds under our lease
@@ -97,11 +100,15 @@ func (e *Etcd) Publish(ctx context.Context, local <-chan []Backend) error {
 				}
 			}
 			return nil
-		case list := <-local:
+		case set := <-local:
 			want = map[string]string{}
-			for _, b := range list {
+			for _, b := range set.Backends {
 				v, _ := json.Marshal(b)
 				want[e.key(b)] = string(v)
+			}
+			for _, d := range set.Services {
+				v, _ := json.Marshal(d)
+				want[e.serviceKey(d)] = string(v)
 			}
 		case _, ok := <-alive:
 			if !ok {
@@ -163,7 +170,7 @@ func (e *Etcd) reconcile(ctx context.Context, lease clientv3.LeaseID, want, publ
 // after it; any watch error (a lost leader, a compacted revision, a
 // closed connection) starts over with a full read, so no deleted backend
 // survives a reconnect.
-func (e *Etcd) Watch(ctx context.Context, update func([]Backend)) error {
+func (e *Etcd) Watch(ctx context.Context, update func(Set)) error {
 	for ctx.Err() == nil {
 		rev, set, err := e.read(ctx)
 		if err != nil {
@@ -171,8 +178,8 @@ func (e *Etcd) Watch(ctx context.Context, update func([]Backend)) error {
 			sleep(ctx, retryEvery)
 			continue
 		}
-		e.log.Printf("etcd: resynced at revision %d: %d remote backends", rev, len(set))
-		update(values(set))
+		e.log.Printf("etcd: resynced at revision %d: %d remote backends, %d remote declarations", rev, len(set.backends), len(set.services))
+		update(set.values())
 		err = e.follow(ctx, rev, set, update)
 		if ctx.Err() == nil {
 			e.log.Printf("etcd: watch ended (%v); resyncing", err)
@@ -182,44 +189,81 @@ func (e *Etcd) Watch(ctx context.Context, update func([]Backend)) error {
 	return nil
 }
 
-func (e *Etcd) read(ctx context.Context) (int64, map[string]Backend, error) {
+// snapshot is what the other nodes have in etcd, by key.
+type snapshot struct {
+	backends map[string]Backend
+	services map[string]Declared
+}
+
+func newSnapshot() *snapshot {
+	return &snapshot{backends: map[string]Backend{}, services: map[string]Declared{}}
+}
+
+func (e *Etcd) read(ctx context.Context) (int64, *snapshot, error) {
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	resp, err := e.client.Get(rctx, e.prefix, clientv3.WithPrefix())
 	if err != nil {
 		return 0, nil, err
 	}
-	set := map[string]Backend{}
+	set := newSnapshot()
 	for _, kv := range resp.Kvs {
 		e.add(set, string(kv.Key), kv.Value)
 	}
 	return resp.Header.Revision, set, nil
 }
 
-// add records a key's backend unless it is this node's or unreadable.
-func (e *Etcd) add(set map[string]Backend, key string, value []byte) {
-	var b Backend
-	err := json.Unmarshal(value, &b)
-	if err == nil {
-		err = services.ValidateName(b.Service)
-	}
-	if err == nil {
-		err = services.ValidateNode(b.Node)
-	}
-	if err == nil && key != e.key(b) {
-		err = fmt.Errorf("the value is %s", b.Key())
+// add records a key's backend or declaration unless it is this node's
+// or unreadable; keys of other kinds are not read.
+func (e *Etcd) add(set *snapshot, key string, value []byte) {
+	var err error
+	rest := strings.TrimPrefix(key, e.prefix)
+	switch {
+	case strings.HasPrefix(rest, "backends/"):
+		var b Backend
+		err = json.Unmarshal(value, &b)
+		if err == nil {
+			err = services.ValidateName(b.Service)
+		}
+		if err == nil {
+			err = services.ValidateNode(b.Node)
+		}
+		if err == nil && key != e.key(b) {
+			err = fmt.Errorf("the value is %s", b.Key())
+		}
+		if err == nil && b.Node != e.node {
+			set.backends[key] = b
+		}
+	case strings.HasPrefix(rest, "services/"):
+		var d Declared
+		err = json.Unmarshal(value, &d)
+		if err == nil {
+			err = d.Declaration.Validate()
+		}
+		if err == nil {
+			err = services.ValidateNode(d.Node)
+		}
+		if err == nil && key != e.serviceKey(d) {
+			err = fmt.Errorf("the value is service %s of node %s", d.Name, d.Node)
+		}
+		if err == nil && d.Node != e.node {
+			d.Declaration.Normalize()
+			set.services[key] = d
+		}
 	}
 	if err != nil {
-		// One bad key must not hold up every other backend.
+		// One bad key must not hold up every other one.
 		e.log.Printf("etcd: ignoring %s: %v", key, err)
-		return
-	}
-	if b.Node != e.node {
-		set[key] = b
 	}
 }
 
-func (e *Etcd) follow(ctx context.Context, rev int64, set map[string]Backend, update func([]Backend)) error {
+// remove forgets a deleted key.
+func (set *snapshot) remove(key string) {
+	delete(set.backends, key)
+	delete(set.services, key)
+}
+
+func (e *Etcd) follow(ctx context.Context, rev int64, set *snapshot, update func(Set)) error {
 	// Without a leader the member we talk to is cut off: end the watch
 	// so that the next read goes to a member that has one.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -231,25 +275,30 @@ func (e *Etcd) follow(ctx context.Context, rev int64, set map[string]Backend, up
 		for _, ev := range wr.Events {
 			k := string(ev.Kv.Key)
 			if ev.Type == clientv3.EventTypeDelete {
-				delete(set, k)
+				set.remove(k)
 			} else {
+				set.remove(k) // a bad new value does not keep the old one
 				e.add(set, k, ev.Kv.Value)
 			}
 		}
 		if len(wr.Events) > 0 {
-			update(values(set))
+			update(set.values())
 		}
 	}
 	return ctx.Err()
 }
 
-func values(set map[string]Backend) []Backend {
-	list := make([]Backend, 0, len(set))
-	for _, b := range set {
-		list = append(list, b)
+func (set *snapshot) values() Set {
+	out := Set{Backends: make([]Backend, 0, len(set.backends)), Services: make([]Declared, 0, len(set.services))}
+	for _, b := range set.backends {
+		out.Backends = append(out.Backends, b)
 	}
-	sortBackends(list)
-	return list
+	for _, d := range set.services {
+		out.Services = append(out.Services, d)
+	}
+	sortBackends(out.Backends)
+	sortDeclared(out.Services)
+	return out
 }
 
 func sleep(ctx context.Context, d time.Duration) {

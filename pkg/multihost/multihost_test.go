@@ -8,6 +8,7 @@ package multihost_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -62,15 +63,74 @@ func twoHosts(t *testing.T) (*host, *host) {
 // declare applies the declaration of db.
 func (h *host) declare(t *testing.T) {
 	t.Helper()
+	fe, _ := services.ParseEndpoint(frontend)
+	h.apply(t, services.Declaration{Name: "db", Frontends: []services.Endpoint{fe}})
+}
+
+// apply applies declarations on the host, as services.d would.
+func (h *host) apply(t *testing.T, decls ...services.Declaration) {
+	t.Helper()
 	s, err := state.OpenOrLoad(h.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	fe, _ := services.ParseEndpoint(frontend)
-	if err := s.ApplyServices([]services.Declaration{{Name: "db", Frontends: []services.Endpoint{fe}}}); err != nil {
+	if err := s.ApplyServices(decls); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func decl(name string, frontends ...string) services.Declaration {
+	d := services.Declaration{Name: name}
+	for _, f := range frontends {
+		e, err := services.ParseEndpoint(f)
+		if err != nil {
+			panic(err)
+		}
+		d.Frontends = append(d.Frontends, e)
+	}
+	return d
+}
+
+// show reads a service from the host's maps (nil: there is none).
+func (h *host) show(t *testing.T, name string) *services.Service {
+	t.Helper()
+	m, err := services.Open(h.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	svc, err := m.Get(name)
+	if errors.Is(err, services.ErrNotFound) {
+		return nil
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// waitService waits until ok accepts the host's service (nil: none).
+func (h *host) waitService(t *testing.T, name, what string, within time.Duration, ok func(*services.Service) bool) *services.Service {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		svc := h.show(t, name)
+		if ok(svc) {
+			return svc
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host %s: service %s: %s: not within %s; have %+v", h.name, name, what, within, svc)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func frontendsAre(svc *services.Service, want ...string) bool {
+	var have []string
+	for _, e := range svc.Frontends {
+		have = append(have, e.String())
+	}
+	return strings.Join(have, ",") == strings.Join(want, ",")
 }
 
 // container attaches a new cgroup to the host's state, in its namespace.
@@ -98,7 +158,12 @@ func (h *host) startSync(t *testing.T, ttl string) {
 // listen starts a provider's server in its container.
 func (h *host) listen(t *testing.T, cg cgroup.Cgroup, addr, name string) *testenv.Proc {
 	t.Helper()
-	p := testenv.Start(t, cg, h.ns.Command(h.probe, "listen", "-proto", "tcp", "-addr", fmt.Sprintf("%s:%d", addr, port), "-name", name))
+	return h.listenOn(t, cg, "tcp", fmt.Sprintf("%s:%d", addr, port), name)
+}
+
+func (h *host) listenOn(t *testing.T, cg cgroup.Cgroup, proto, addr, name string) *testenv.Proc {
+	t.Helper()
+	p := testenv.Start(t, cg, h.ns.Command(h.probe, "listen", "-proto", proto, "-addr", addr, "-name", name))
 	if r := testenv.ParseProbe(t, p.Line(t, 5*time.Second)); !r.OK {
 		t.Fatalf("provider %s: %+v", name, r)
 	}
@@ -109,12 +174,34 @@ func (h *host) listen(t *testing.T, cg cgroup.Cgroup, addr, name string) *testen
 // connection open.
 func (h *host) dial(t *testing.T, cg cgroup.Cgroup, hold bool) (testenv.ProbeResult, *testenv.Proc) {
 	t.Helper()
-	argv := []string{h.probe, "connect", "-proto", "tcp", "-addr", frontend}
+	return h.dialTo(t, cg, "tcp", frontend, hold)
+}
+
+func (h *host) dialTo(t *testing.T, cg cgroup.Cgroup, proto, addr string, hold bool) (testenv.ProbeResult, *testenv.Proc) {
+	t.Helper()
+	argv := []string{h.probe, "connect", "-proto", proto, "-addr", addr}
 	if hold {
 		argv = append(argv, "-hold")
 	}
 	p := testenv.Start(t, cg, h.ns.Command(argv...))
 	return testenv.ParseProbe(t, p.Line(t, 5*time.Second)), p
+}
+
+// eventuallyTo dials addr until ok accepts the result.
+func (h *host) eventuallyTo(t *testing.T, cg cgroup.Cgroup, proto, addr, what string, within time.Duration, ok func(testenv.ProbeResult) bool) testenv.ProbeResult {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r, p := h.dialTo(t, cg, proto, addr, false)
+		p.Kill()
+		if ok(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host %s: %s: not within %s; last dial %+v", h.name, what, within, r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // eventually dials until ok accepts the result.

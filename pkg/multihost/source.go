@@ -23,16 +23,40 @@ type Backend struct {
 // Key names a backend uniquely: service/node/endpoint.
 func (b Backend) Key() string { return b.Service + "/" + b.Node + "/" + b.Endpoint.String() }
 
+// Declared is one node's declaration of a service: its frontends and
+// static backends, as services.d, the CNI conf or service add declared it
+// there.
+type Declared struct {
+	Node string `json:"node"`
+	services.Declaration
+}
+
+// Key names a declaration uniquely: service/node.
+func (d Declared) Key() string { return d.Name + "/" + d.Node }
+
+// Set is what nodes share: live backends and service declarations.
+type Set struct {
+	Backends []Backend
+	Services []Declared
+}
+
+// Equal tells whether two sorted sets are the same.
+func (s Set) Equal(o Set) bool {
+	return slices.Equal(s.Backends, o.Backends) && slices.EqualFunc(s.Services, o.Services, func(a, b Declared) bool {
+		return a.Node == b.Node && a.Declaration.Equal(&b.Declaration)
+	})
+}
+
 // Source is where hosts meet.
 type Source interface {
 	// Publish keeps the latest set received on local published as this
-	// node's backends until ctx ends, and withdraws them when it ends.
-	// If the node dies, the source withdraws them itself (etcd: a lease).
-	Publish(ctx context.Context, local <-chan []Backend) error
+	// node's until ctx ends, and withdraws it when it ends. If the node
+	// dies, the source withdraws it itself (etcd: a lease).
+	Publish(ctx context.Context, local <-chan Set) error
 	// Watch calls update with the complete set of the other nodes'
-	// backends every time it changes, and again after every reconnect,
-	// until ctx ends. update must not block for long.
-	Watch(ctx context.Context, update func([]Backend)) error
+	// backends and declarations every time it changes, and again after
+	// every reconnect, until ctx ends. update must not block for long.
+	Watch(ctx context.Context, update func(Set)) error
 }
 
 // offer replaces whatever ch holds with v: a slow reader gets the latest
@@ -53,4 +77,8 @@ func offer[T any](ch chan T, v T) {
 
 func sortBackends(list []Backend) {
 	slices.SortFunc(list, func(a, b Backend) int { return strings.Compare(a.Key(), b.Key()) })
+}
+
+func sortDeclared(list []Declared) {
+	slices.SortFunc(list, func(a, b Declared) int { return strings.Compare(a.Key(), b.Key()) })
 }

@@ -21,6 +21,7 @@ func (m *Maps) loadNames() error {
 	}
 	m.ids, m.names = map[string]uint32{}, map[uint32]string{}
 	m.nodeIDs, m.nodeNames = map[string]uint32{}, map[uint32]string{}
+	m.adopted = map[uint32]uint32{}
 	var (
 		key svcName
 		id  uint32
@@ -30,6 +31,9 @@ func (m *Maps) loadNames() error {
 		name := cString(key.Name[:])
 		if node, ok := strings.CutPrefix(name, nodePrefix); ok {
 			m.nodeIDs[node], m.nodeNames[id] = id, node
+			continue
+		}
+		if m.loadAdopted(name, id) {
 			continue
 		}
 		m.ids[name], m.names[id] = id, name
@@ -114,6 +118,11 @@ func (m *Maps) Put(d Declaration, providers []Provider) error {
 		}
 		return err
 	}
+	// Declared here: this host's own from now on, even if another host's
+	// declaration created it.
+	if err := m.forgetAdopted(id); err != nil {
+		return err
+	}
 	return m.writeSlots(id, m.slotsFor(d.Name, d.Backends, remotes, providers))
 }
 
@@ -142,6 +151,9 @@ func (m *Maps) Delete(name string) error {
 		}
 	}
 	if err := m.writeSlots(id, nil); err != nil {
+		return err
+	}
+	if err := m.forgetAdopted(id); err != nil {
 		return err
 	}
 	if err := del(m.nameMap, nameKey(name)); err != nil {
@@ -382,6 +394,9 @@ func (m *Maps) List() ([]Service, error) {
 
 func (m *Maps) service(id uint32, keys []frontendKey) (*Service, error) {
 	svc := &Service{Name: m.names[id], ID: id, Frontends: []Endpoint{}, Backends: []Backend{}}
+	if node, ok := m.adopted[id]; ok {
+		svc.DeclaredBy = m.nodeNames[node]
+	}
 	for _, k := range keys {
 		svc.Frontends = append(svc.Frontends, Endpoint{netip.AddrPortFrom(fromAddr16(k.Addr), k.Port), protocolOf(k.Protocol)})
 	}

@@ -98,6 +98,9 @@ type Maps struct {
 	// Node names of remote backends (see remote.go), from the same map.
 	nodeIDs   map[string]uint32
 	nodeNames map[uint32]string
+	// Services declared by another host (adopted.go): service id -> the
+	// node id of the declaring host.
+	adopted map[uint32]uint32
 }
 
 // Open opens the service maps pinned under dir (the state directory).

@@ -111,6 +111,9 @@ type Service struct {
 	ID        uint32     `json:"id"`
 	Frontends []Endpoint `json:"frontends"`
 	Backends  []Backend  `json:"backends"`
+	// DeclaredBy is the other host whose declaration this host applies
+	// (portcullisctl sync); empty for a service declared here.
+	DeclaredBy string `json:"declaredBy,omitempty"`
 }
 
 // Backend is one backend slot and whether the kernel would pick it now.
