@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/portcullis-net/portcullis/pkg/services"
 )
@@ -27,6 +29,12 @@ type Etcd struct {
 	node   string
 	ttl    time.Duration
 	log    *log.Logger
+	// resync tells Watch that this node lost its lease: it was cut off
+	// from etcd for at least the TTL (partitioned, or every member down).
+	// A watch resumed by the client after such a gap could deliver the
+	// events it missed, but one whose revision was compacted meanwhile
+	// cannot, so Watch starts over with a full read.
+	resync chan struct{}
 }
 
 // retryEvery is how long a failed etcd call waits before it is retried.
@@ -43,12 +51,18 @@ func NewEtcd(endpoints []string, prefix, node string, ttl time.Duration, logger 
 		DialTimeout:          2 * time.Second,
 		DialKeepAliveTime:    time.Second,
 		DialKeepAliveTimeout: time.Second,
-		Logger:               zap.NewNop(), // we log what we do ourselves
+		// gRPC backs off reconnects up to 120 s by default: a host cut
+		// off for a minute would resync long after the partition healed.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
+		Logger: zap.NewNop(), // we log what we do ourselves
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(endpoints, ","), err)
 	}
-	return &Etcd{client: c, prefix: strings.TrimRight(prefix, "/") + "/", node: node, ttl: ttl, log: logger}, nil
+	return &Etcd{client: c, prefix: strings.TrimRight(prefix, "/") + "/", node: node, ttl: ttl, log: logger, resync: make(chan struct{}, 1)}, nil
 }
 
 // Close closes the client.
@@ -81,6 +95,7 @@ func (e *Etcd) Publish(ctx context.Context, local <-chan Set) error {
 			if err := e.reconcile(ctx, lease, want, published); errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				e.log.Printf("etcd: lease %x expired; republishing under a new one", lease)
 				lease, alive, retry = 0, nil, time.After(0)
+				offer(e.resync, struct{}{})
 			} else if err != nil {
 				e.log.Printf("etcd: publish: %v (retrying)", err)
 				retry = time.After(retryEvery)
@@ -112,8 +127,9 @@ func (e *Etcd) Publish(ctx context.Context, local <-chan Set) error {
 			}
 		case _, ok := <-alive:
 			if !ok {
-				e.log.Printf("etcd: lease %x lost; republishing under a new one", lease)
+				e.log.Printf("etcd: lease %x lost (no renewal within the ttl); republishing under a new one", lease)
 				lease, alive = 0, nil
+				offer(e.resync, struct{}{})
 			}
 		case <-retry:
 		}
@@ -268,7 +284,23 @@ func (e *Etcd) follow(ctx context.Context, rev int64, set *snapshot, update func
 	// so that the next read goes to a member that has one.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range e.client.Watch(wctx, e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	// A lease lost before this read does not end the watch.
+	select {
+	case <-e.resync:
+	default:
+	}
+	events := e.client.Watch(wctx, e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for {
+		var wr clientv3.WatchResponse
+		var ok bool
+		select {
+		case wr, ok = <-events:
+		case <-e.resync:
+			return errors.New("this node's lease was lost")
+		}
+		if !ok {
+			break
+		}
 		if err := wr.Err(); err != nil {
 			return err
 		}

@@ -224,7 +224,12 @@ func (h *host) eventually(t *testing.T, cg cgroup.Cgroup, what string, within ti
 // waitRemotes waits until the host's maps hold n remote backends of db.
 func (h *host) waitRemotes(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	h.remotesWithin(t, n, 5*time.Second)
+}
+
+func (h *host) remotesWithin(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for {
 		out := testenv.Run(t, h.ctl, "--state-dir", h.dir, "service", "show", "db", "-o", "json")
 		var svc services.Service
@@ -235,7 +240,7 @@ func (h *host) waitRemotes(t *testing.T, n int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("host %s: want %d remote backends of db, have %s", h.name, n, out)
+			t.Fatalf("host %s: want %d remote backends of db within %s, have %s", h.name, n, within, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -20,6 +20,7 @@ type Etcd struct {
 	t       testing.TB
 	bin     string
 	addrs   []string
+	alt     []string // a second client address per member (StartEtcdAlt)
 	cluster string
 	token   string
 	dir     string
@@ -42,7 +43,15 @@ const (
 // the cluster answers.
 func StartEtcd(t testing.TB, addrs ...string) *Etcd {
 	t.Helper()
-	e := &Etcd{t: t, bin: RequireCommand(t, "etcd", "etcd-server"), addrs: addrs, token: "portcullis-" + Suffix(), dir: t.TempDir()}
+	return StartEtcdAlt(t, addrs, nil)
+}
+
+// StartEtcdAlt is StartEtcd with member i also serving clients on alt[i]
+// (AltEndpoints): a test cuts off one client by dropping the traffic to
+// those addresses only.
+func StartEtcdAlt(t testing.TB, addrs, alt []string) *Etcd {
+	t.Helper()
+	e := &Etcd{t: t, bin: RequireCommand(t, "etcd", "etcd-server"), addrs: addrs, alt: alt, token: "portcullis-" + Suffix(), dir: t.TempDir()}
 	var peers []string
 	for i, a := range addrs {
 		peers = append(peers, fmt.Sprintf("m%d=http://%s:%d", i, a, peerPort))
@@ -70,14 +79,27 @@ func (e *Etcd) Endpoints() string {
 	return strings.Join(list, ",")
 }
 
+// AltEndpoints are the second client URLs (StartEtcdAlt), comma separated.
+func (e *Etcd) AltEndpoints() string {
+	var list []string
+	for _, a := range e.alt {
+		list = append(list, fmt.Sprintf("http://%s:%d", a, ClientPort))
+	}
+	return strings.Join(list, ",")
+}
+
 // Start starts (or restarts, on its data dir) member i.
 func (e *Etcd) Start(i int) {
 	e.t.Helper()
 	a := e.addrs[i]
 	client := fmt.Sprintf("http://%s:%d", a, ClientPort)
 	peer := fmt.Sprintf("http://%s:%d", a, peerPort)
+	listen := client
+	if i < len(e.alt) {
+		listen += fmt.Sprintf(",http://%s:%d", e.alt[i], ClientPort)
+	}
 	cmd := exec.Command(e.bin, "--name", fmt.Sprintf("m%d", i), "--data-dir", filepath.Join(e.dir, fmt.Sprint(i)),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-client-urls", listen, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", e.cluster, "--initial-cluster-state", "new", "--initial-cluster-token", e.token,
 		"--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "error")
