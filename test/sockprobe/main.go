@@ -39,9 +39,12 @@ type result struct {
 	Event string `json:"event,omitempty"`
 	Local string `json:"local,omitempty"`
 	Peer  string `json:"peer,omitempty"`
-	Reply string `json:"reply,omitempty"`
-	Errno string `json:"errno,omitempty"`
-	Error string `json:"error,omitempty"`
+	// PeerName is getpeername's answer on a connected UDP socket, whose
+	// Peer is the source of the reply.
+	PeerName string `json:"peername,omitempty"`
+	Reply    string `json:"reply,omitempty"`
+	Errno    string `json:"errno,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 func emit(r result) {
@@ -326,6 +329,7 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 			fail("recv", err)
 		}
 		r.Reply = string(buf[:n])
+		r.PeerName = r.Peer
 		if from != nil {
 			r.Peer = format(from)
 		}

@@ -365,9 +365,12 @@ type ProbeResult struct {
 	Event string `json:"event"`
 	Local string `json:"local"`
 	Peer  string `json:"peer"`
-	Reply string `json:"reply"`
-	Errno string `json:"errno"`
-	Error string `json:"error"`
+	// PeerName is getpeername on a connected UDP socket (Peer is the
+	// reply's source there).
+	PeerName string `json:"peername"`
+	Reply    string `json:"reply"`
+	Errno    string `json:"errno"`
+	Error    string `json:"error"`
 }
 
 // ParseProbe decodes a sockprobe line.
