@@ -74,10 +74,12 @@ struct portmap_key {
  * policy, time), kept in the kernel so that every tool reads the same state
  * without a daemon or files outside bpffs. */
 #define ATTACHMENT_ID_MAX 128
-/* A record is allocated whole for each attachment (the map is not
- * preallocated): 4 KiB a value keeps 10,000 attachments at 43 MiB and fits
- * a policy with dozens of port mappings (docs/scale.md). */
-#define RECORD_MAX 4092
+/* A record's head is allocated whole for each attachment (the map is not
+ * preallocated), so it is small: 512 bytes a value hold the record of a
+ * typical container (gzipped when longer) and keep 10,000 attachments near
+ * 7 MiB; a longer record continues in 1 KiB chunks in record_chunks
+ * (pkg/state/records.go, docs/scale.md). */
+#define RECORD_MAX 508
 
 struct attachment_id {
 	__u8 id[ATTACHMENT_ID_MAX];

@@ -58,6 +58,8 @@ struct sock_tag {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	/* Written at attach only: an entry costs memory while it exists. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct owner_key);
 	__type(value, __u64); /* how many attachments have the address */
 } iso_owners SEC(".maps");

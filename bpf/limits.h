@@ -52,6 +52,8 @@ struct conn_slot {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	/* Written at attach only: an entry costs memory while it exists. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct conn_limits);
 } limits SEC(".maps");

@@ -26,9 +26,11 @@
 #define SVC_MAX_FRONTENDS 65536
 #define SVC_MAX_BACKENDS 131072
 #define SVC_MAX_REGISTRY 131072
-/* LRU maps cannot skip preallocation: 131072 of each cost 29 MiB (see
+/* LRU maps cannot skip preallocation: 32768 of each cost 7 MiB (131072
+ * cost 29 MiB, half of an empty state). Beyond that many sockets connected
+ * through frontends at once the oldest translation is dropped (see
  * docs/scale.md; portcullisctl load --max-peers sizes them). */
-#define SVC_MAX_PEERS 131072
+#define SVC_MAX_PEERS 32768
 
 /* Random picks tried before scanning the slots for a live backend. */
 #define SVC_PROBES 4

@@ -38,6 +38,6 @@ func newLoadCommand(opts *options) *cobra.Command {
 	f.Uint32Var(&sizes.Backends, "max-backends", 0, "service backend slots (default 131072)")
 	f.Uint32Var(&sizes.Frontends, "max-frontends", 0, "service frontend addresses (default 65536)")
 	f.Uint32Var(&sizes.Sockets, "max-sockets", 0, "bound sockets of attached containers, the port registry (default 131072)")
-	f.Uint32Var(&sizes.Peers, "max-peers", 0, "sockets connected through a service frontend, preallocated (default 131072)")
+	f.Uint32Var(&sizes.Peers, "max-peers", 0, "sockets connected through a service frontend, preallocated (default 32768)")
 	return cmd
 }

@@ -202,7 +202,7 @@ type PortcullisPublishKey struct {
 type PortcullisRecord struct {
 	_    structs.HostLayout
 	Len  uint32
-	Data [4092]uint8
+	Data [508]uint8
 }
 
 type PortcullisRegistration struct {

@@ -15,17 +15,30 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/policy"
 )
 
-// Long records. A policy with many egress rules does not fit the kernel's
-// attachment record (RECORD_MAX bytes). Such a record is gzipped (a rule
-// list is mostly repetition; JSON never starts with gzip's magic bytes),
-// and what still does not fit continues in the record_chunks map under
-// (attachment id, chunk 1..n). A chunked record's Len is the total length,
-// more than its Data holds; its Data is the first chunk. Only userspace
-// reads records, so the programs are unaffected.
+// Long records. The kernel's attachment record (its head, RECORD_MAX
+// bytes) is small, since every attachment pays for it whole: a record
+// longer than the head is gzipped (JSON never starts with gzip's magic
+// bytes; a policy is mostly repetition), and what still does not fit
+// continues in the record_chunks map under (attachment id, chunk 1..n),
+// chunkSize bytes each. A chunked record's Len is the total length, more
+// than its Data holds; its Data is the first part. Only userspace reads
+// records, so the programs are unaffected.
 const chunksMapName = "record_chunks"
 
+// chunkSize is the data of one chunk: a chunk value is 1 KiB.
+const chunkSize = 1020
+
 // maxChunks bounds a record, chunks included, to 64 KiB compressed.
-const maxChunks = 16
+const maxChunks = 64
+
+// maxRecordLen is the longest (compressed) record that fits.
+const maxRecordLen = len(bpfobj.PortcullisRecord{}.Data) + maxChunks*chunkSize
+
+// chunk is one record_chunks value.
+type chunk struct {
+	Len  uint32
+	Data [chunkSize]byte
+}
 
 type chunkKey struct {
 	ID  [attachmentIDMax]byte
@@ -37,7 +50,7 @@ func chunksSpec(maxEntries uint32) *ebpf.MapSpec {
 		Name:       chunksMapName,
 		Type:       ebpf.Hash,
 		KeySize:    uint32(attachmentIDMax + 4),
-		ValueSize:  uint32(len(bpfobj.PortcullisRecord{}.Data) + 4),
+		ValueSize:  uint32(4 + chunkSize),
 		MaxEntries: maxEntries,
 		// Allocated per long record only.
 		Flags: unix.BPF_F_NO_PREALLOC,
@@ -53,7 +66,7 @@ func chunkOf(id string, idx int) *chunkKey {
 // record is an encoded attachment: the record and its extra chunks.
 type record struct {
 	head   bpfobj.PortcullisRecord
-	chunks []bpfobj.PortcullisRecord
+	chunks []chunk
 }
 
 func encodeRecord(a *Attachment) (*record, error) {
@@ -66,13 +79,13 @@ func encodeRecord(a *Attachment) (*record, error) {
 	if len(data) > size {
 		data = compress(data)
 	}
-	if len(data) > size*maxChunks {
-		return nil, fmt.Errorf("policy too large: the attachment record is %d bytes compressed, at most %d fit (fewer egress rules?)", len(data), size*maxChunks)
+	if len(data) > maxRecordLen {
+		return nil, fmt.Errorf("policy too large: the attachment record is %d bytes compressed, at most %d fit (fewer egress rules?)", len(data), maxRecordLen)
 	}
 	r.head.Len = uint32(len(data))
 	copy(r.head.Data[:], data)
-	for rest := data[min(size, len(data)):]; len(rest) > 0; rest = rest[min(size, len(rest)):] {
-		var c bpfobj.PortcullisRecord
+	for rest := data[min(size, len(data)):]; len(rest) > 0; rest = rest[min(chunkSize, len(rest)):] {
+		var c chunk
 		c.Len = uint32(copy(c.Data[:], rest))
 		r.chunks = append(r.chunks, c)
 	}
@@ -85,7 +98,7 @@ func nChunks(head *bpfobj.PortcullisRecord) int {
 	if int(head.Len) <= size {
 		return 0
 	}
-	return (int(head.Len) - 1) / size
+	return (int(head.Len) - size + chunkSize - 1) / chunkSize
 }
 
 // putRecord writes an attachment's record: its chunks first, so a reader
@@ -111,7 +124,7 @@ func (s *State) putRecord(id string, r *record) error {
 	return nil
 }
 
-func (s *State) putChunk(k *chunkKey, c *bpfobj.PortcullisRecord) error {
+func (s *State) putChunk(k *chunkKey, c *chunk) error {
 	if s.chunks == nil {
 		return errors.New("policy too large for this state's records (it predates long records: unload and load it)")
 	}
@@ -138,14 +151,24 @@ func (s *State) deleteRecord(id string) error {
 
 // decodeRecord reads the attachment of a record head (and its chunks).
 func (s *State) decodeRecord(id string, head *bpfobj.PortcullisRecord) (*Attachment, error) {
+	return decodeRecordWith(id, head, func(i int, c *chunk) error {
+		if s.chunks == nil {
+			return ebpf.ErrKeyNotExist
+		}
+		return s.chunks.Lookup(chunkOf(id, i), c)
+	})
+}
+
+// decodeRecordWith decodes a record head, reading chunk i (1..n) with get.
+func decodeRecordWith(id string, head *bpfobj.PortcullisRecord, get func(i int, c *chunk) error) (*Attachment, error) {
 	size := len(head.Data)
-	if int(head.Len) > size*maxChunks {
+	if int(head.Len) > maxRecordLen {
 		return nil, errors.New("corrupt attachment record")
 	}
 	data := append([]byte(nil), head.Data[:min(int(head.Len), size)]...)
 	for i := 1; i <= nChunks(head); i++ {
-		var c bpfobj.PortcullisRecord
-		if s.chunks == nil || s.chunks.Lookup(chunkOf(id, i), &c) != nil || int(c.Len) > size {
+		var c chunk
+		if get(i, &c) != nil || int(c.Len) > chunkSize {
 			return nil, fmt.Errorf("corrupt attachment record %s: chunk %d is missing", id, i)
 		}
 		data = append(data, c.Data[:c.Len]...)

@@ -37,6 +37,13 @@ func TestTenThousandAttachments(t *testing.T) {
 	start := time.Now()
 	cgs := testenv.AttachMany(t, s, parent, "scale", scaleAttachments, mustParse(t, `{"allowedPorts":["11100-11110"]}`))
 	t.Logf("attached %d cgroups in %v", len(cgs), time.Since(start))
+	if usage, err := s.MapMemory(); err == nil {
+		var total uint64
+		for _, m := range usage {
+			total += m.Memlock
+		}
+		t.Logf("map memory with %d attachments: %.1f MiB", scaleAttachments, float64(total)/(1<<20))
+	}
 
 	for _, name := range []string{"policies", "attachments", "attachment_keys"} {
 		if n := entries(t, dir, name); n != scaleAttachments {

@@ -28,7 +28,7 @@ type Sizes struct {
 	Sockets uint32
 	// Peers: sockets connected through a service frontend, TCP and UDP
 	// (svc_peers, svc_udp_peers). These are LRU maps, which the kernel
-	// always preallocates: about 230 bytes an entry for the two. Default 131072.
+	// always preallocates: about 230 bytes an entry for the two. Default 32768.
 	Peers uint32
 }
 

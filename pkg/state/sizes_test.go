@@ -49,8 +49,10 @@ func TestSizesAtLoad(t *testing.T) {
 	parent := testenv.Cgroup(t, "sizes")
 	testenv.AttachMany(t, s, parent, "full", 1024, &policy.Policy{})
 	after := usage()
-	if grew := after["attachments"].Memlock - before["attachments"].Memlock; grew < 1024*4096 {
-		t.Errorf("records grew by %d bytes for 1024 attachments, want at least 4 MiB", grew)
+	// Each record costs its 512-byte head (and the kernel's element
+	// overhead), allocated when attached.
+	if grew := after["attachments"].Memlock - before["attachments"].Memlock; grew < 1024*512 || grew > 1024*1024 {
+		t.Errorf("records grew by %d bytes for 1024 attachments, want 0.5 to 1 MiB", grew)
 	}
 	extra := testenv.ChildCgroup(t, parent, "extra")
 	_, err = s.Attach(state.AttachRequest{ID: "extra", Cgroup: extra.Path})

@@ -21,6 +21,7 @@
 package state
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -244,6 +245,14 @@ func (s *State) openObjects() error {
 	// A state loaded before long records has no chunk map: its records
 	// are all short.
 	s.chunks, _ = ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", chunksMapName), nil)
+	// A state of a build with other record sizes (4 KiB heads before
+	// they shrank) would fail every read with a size mismatch.
+	if got, want := s.records.ValueSize(), uint32(binary.Size(bpfobj.PortcullisRecord{})); got != want {
+		return fmt.Errorf("pinned map %s has %d-byte records, this build uses %d (state from another version? run portcullisctl unload --force && portcullisctl load)", bpfobj.PortcullisMapAttachments, got, want)
+	}
+	if s.chunks != nil && s.chunks.ValueSize() != uint32(binary.Size(chunk{})) {
+		return fmt.Errorf("pinned map %s has %d-byte chunks, this build uses %d (state from another version? run portcullisctl unload --force && portcullisctl load)", chunksMapName, s.chunks.ValueSize(), binary.Size(chunk{}))
+	}
 	return nil
 }
 
