@@ -2,11 +2,11 @@ package multihost
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -202,9 +202,10 @@ func (y *Syncer) Local() ([]Backend, error) {
 // every local service are exactly those of set (a backend of a service
 // that neither this host nor another declares waits until one does); the
 // local clients of the backends it removed are terminated. Unless full,
-// declarations are looked at only when they changed, and backends only
-// of the services whose set differs from the last apply: with thousands
-// of services one change costs one service.
+// only the services whose declarations or backends differ from the last
+// apply are read and written: with thousands of services one change
+// costs one service (a burst of changes, such as a host that publishes
+// its thousand declarations, costs one pass).
 func (y *Syncer) apply(set Set, full bool) error {
 	byService := map[string][]services.Remote{}
 	for _, b := range set.Backends {
@@ -212,19 +213,35 @@ func (y *Syncer) apply(set Set, full bool) error {
 			byService[b.Service] = append(byService[b.Service], services.Remote{Node: b.Node, Endpoint: b.Endpoint})
 		}
 	}
-	declsChanged := full || y.declared == nil || !(Set{Services: set.Services}).Equal(Set{Services: y.declared})
-	if declsChanged {
-		full = true // adopted services need their remote backends
-	}
-	var names []string // services to look at; nil with full
-	if !full && y.applied != nil {
+	full = full || y.applied == nil || y.declared == nil
+	byName := groupDeclared(set.Services)
+	var declNames, names []string // services to look at unless full
+	if !full {
+		prev := groupDeclared(y.declared)
+		for name, list := range byName {
+			if !equalDeclared(list, prev[name]) {
+				declNames = append(declNames, name)
+			}
+		}
+		for name := range prev {
+			if _, ok := byName[name]; !ok {
+				declNames = append(declNames, name)
+			}
+		}
+		seen := map[string]bool{}
+		for _, name := range declNames {
+			seen[name] = true
+		}
+		names = append(names, declNames...)
 		for name, want := range byService {
-			if !slices.Equal(want, y.applied[name]) {
+			if !seen[name] && !slices.Equal(want, y.applied[name]) {
+				seen[name] = true
 				names = append(names, name)
 			}
 		}
 		for name := range y.applied {
-			if _, ok := byService[name]; !ok {
+			if _, ok := byService[name]; !ok && !seen[name] {
+				seen[name] = true
 				names = append(names, name)
 			}
 		}
@@ -239,30 +256,55 @@ func (y *Syncer) apply(set Set, full bool) error {
 	defer s.Close()
 	var removed []terminate.Target
 	err = s.WithServices(func(m *services.Maps, providers []services.Provider) error {
-		if declsChanged {
-			gone, err := y.adopt(m, set.Services, providers)
+		// The services to look at, as they are now (nil: not here).
+		var local map[string]*services.Service
+		if full {
+			all, err := m.List()
+			if err != nil {
+				return err
+			}
+			local = map[string]*services.Service{}
+			for i := range all {
+				local[all[i].Name] = &all[i]
+			}
+		} else {
+			var err error
+			if local, err = m.GetMany(names); err != nil {
+				return err
+			}
+		}
+		if full {
+			seen := map[string]bool{}
+			for name := range byName {
+				seen[name] = true
+				declNames = append(declNames, name)
+			}
+			for name, svc := range local {
+				if svc.DeclaredBy != "" && !seen[name] {
+					declNames = append(declNames, name)
+				}
+			}
+		}
+		sort.Strings(declNames)
+		for _, name := range declNames {
+			gone, err := y.adopt(m, name, byName[name], local, providers)
 			if err != nil {
 				return err
 			}
 			removed = append(removed, gone...)
 		}
-		var all []services.Service
-		if names == nil {
-			if all, err = m.List(); err != nil {
-				return err
+		if full {
+			names = names[:0]
+			for name := range local {
+				names = append(names, name)
 			}
 		}
+		sort.Strings(names)
 		for _, name := range names {
-			svc, err := m.Get(name)
-			if errors.Is(err, services.ErrNotFound) {
-				continue // not declared anywhere (yet): the full apply after its declaration adds it
-			} else if err != nil {
-				return err
+			svc := local[name]
+			if svc == nil {
+				continue // not declared anywhere (yet): the apply of its declaration adds its backends
 			}
-			all = append(all, *svc)
-		}
-		for i := range all {
-			svc := &all[i]
 			want := byService[svc.Name]
 			old := services.RemotesOf(svc)
 			changed, err := m.SetRemotes(svc, want, providers)
@@ -309,7 +351,23 @@ func target(e services.Endpoint) terminate.Target {
 	return terminate.Target{Addr: e.Addr.Addr(), Port: e.Addr.Port(), Protocol: string(e.Protocol)}
 }
 
-// adopt reconciles the services other hosts declare with the local ones.
+// groupDeclared groups declarations by service, each list sorted by node
+// (list is sorted by name/node).
+func groupDeclared(list []Declared) map[string][]Declared {
+	out := map[string][]Declared{}
+	for _, d := range list {
+		out[d.Name] = append(out[d.Name], d)
+	}
+	return out
+}
+
+func equalDeclared(a, b []Declared) bool {
+	return slices.EqualFunc(a, b, func(x, y Declared) bool { return x.Node == y.Node && x.Declaration.Equal(&y.Declaration) })
+}
+
+// adopt reconciles one service with what other hosts declare of it (list,
+// sorted by node); local holds the service as it is here (absent: not
+// here) and is updated.
 //
 // The conflict rule: a service declared on this host keeps this host's
 // declaration (a different one elsewhere is logged); a service declared
@@ -320,26 +378,14 @@ func target(e services.Endpoint) terminate.Target {
 // frontend that belongs to another local service keeps the declaration
 // from being adopted (logged).
 //
-// Adopted services that no host declares any more are deleted; their
+// An adopted service that no host declares any more is deleted; its
 // remote and static backends are returned so that their clients are
 // terminated.
-func (y *Syncer) adopt(m *services.Maps, decls []Declared, providers []services.Provider) ([]terminate.Target, error) {
+func (y *Syncer) adopt(m *services.Maps, name string, list []Declared, local map[string]*services.Service, providers []services.Provider) ([]terminate.Target, error) {
 	if y.conflicts == nil {
 		y.conflicts = map[string]string{}
 	}
-	byName := map[string][]Declared{} // sorted by node: decls is sorted by name/node
-	for _, d := range decls {
-		byName[d.Name] = append(byName[d.Name], d)
-	}
-	all, err := m.List()
-	if err != nil {
-		return nil, err
-	}
-	local := map[string]*services.Service{}
-	for i := range all {
-		local[all[i].Name] = &all[i]
-	}
-	conflict := func(name, msg string) {
+	conflict := func(msg string) {
 		if y.conflicts[name] != msg {
 			y.conflicts[name] = msg
 			if msg != "" {
@@ -347,70 +393,76 @@ func (y *Syncer) adopt(m *services.Maps, decls []Declared, providers []services.
 			}
 		}
 	}
-	var gone []terminate.Target
-	for name, list := range byName {
-		svc := local[name]
-		if svc != nil && svc.DeclaredBy == "" {
-			mine := services.DeclarationOf(svc)
-			var differ []string
-			for _, d := range list {
-				if !d.Declaration.Equal(&mine) {
-					differ = append(differ, fmt.Sprintf("node %s declares %s", d.Node, d.Declaration))
-				}
-			}
-			msg := ""
-			if len(differ) > 0 {
-				msg = fmt.Sprintf("this host declares %s, %s; this host's own declaration applies here", mine, strings.Join(differ, ", "))
-			}
-			conflict(name, msg)
-			continue
-		}
-		win := list[0]
-		var differ []string
-		for _, d := range list[1:] {
-			if !d.Declaration.Equal(&win.Declaration) {
-				differ = append(differ, fmt.Sprintf("node %s declares %s", d.Node, d.Declaration))
-			}
-		}
-		msg := ""
-		if len(differ) > 0 {
-			msg = fmt.Sprintf("node %s declares %s, %s; node %s's applies (the first node name)", win.Node, win.Declaration, strings.Join(differ, ", "), win.Node)
-		}
-		if svc != nil && svc.DeclaredBy == win.Node {
-			if have := services.DeclarationOf(svc); have.Equal(&win.Declaration) {
-				conflict(name, msg)
-				continue
-			}
-		}
-		if err := m.Adopt(win.Declaration, win.Node, providers); err != nil {
-			conflict(name, fmt.Sprintf("the declaration of node %s (%s) is not applied: %v", win.Node, win.Declaration, err))
-			continue
-		}
-		conflict(name, msg)
-		y.Log.Printf("service %s: declared by node %s: %s", name, win.Node, win.Declaration)
-		if svc != nil {
-			// Static backends the new declaration no longer has.
-			for _, e := range services.DeclarationOf(svc).Backends {
-				if !slices.Contains(win.Declaration.Backends, e) {
-					gone = append(gone, target(e))
-				}
-			}
-		}
-	}
-	for name, svc := range local {
-		if svc.DeclaredBy == "" || len(byName[name]) > 0 {
-			continue
+	svc := local[name]
+	if len(list) == 0 {
+		delete(y.conflicts, name)
+		if svc == nil || svc.DeclaredBy == "" {
+			return nil, nil
 		}
 		if err := m.Delete(name); err != nil {
-			return gone, fmt.Errorf("service %s: %w", name, err)
+			return nil, fmt.Errorf("service %s: %w", name, err)
 		}
-		delete(y.conflicts, name)
+		delete(local, name)
 		y.Log.Printf("service %s: withdrawn (node %s no longer declares it, nor does any other)", name, svc.DeclaredBy)
+		var gone []terminate.Target
 		for _, b := range svc.Backends {
 			if b.Kind != "provider" && b.Endpoint != nil {
 				gone = append(gone, target(*b.Endpoint))
 			}
 		}
+		return gone, nil
 	}
+	if svc != nil && svc.DeclaredBy == "" {
+		mine := services.DeclarationOf(svc)
+		var differ []string
+		for _, d := range list {
+			if !d.Declaration.Equal(&mine) {
+				differ = append(differ, fmt.Sprintf("node %s declares %s", d.Node, d.Declaration))
+			}
+		}
+		msg := ""
+		if len(differ) > 0 {
+			msg = fmt.Sprintf("this host declares %s, %s; this host's own declaration applies here", mine, strings.Join(differ, ", "))
+		}
+		conflict(msg)
+		return nil, nil
+	}
+	win := list[0]
+	var differ []string
+	for _, d := range list[1:] {
+		if !d.Declaration.Equal(&win.Declaration) {
+			differ = append(differ, fmt.Sprintf("node %s declares %s", d.Node, d.Declaration))
+		}
+	}
+	msg := ""
+	if len(differ) > 0 {
+		msg = fmt.Sprintf("node %s declares %s, %s; node %s's applies (the first node name)", win.Node, win.Declaration, strings.Join(differ, ", "), win.Node)
+	}
+	if svc != nil && svc.DeclaredBy == win.Node {
+		if have := services.DeclarationOf(svc); have.Equal(&win.Declaration) {
+			conflict(msg)
+			return nil, nil
+		}
+	}
+	if err := m.Adopt(win.Declaration, win.Node, providers); err != nil {
+		conflict(fmt.Sprintf("the declaration of node %s (%s) is not applied: %v", win.Node, win.Declaration, err))
+		return nil, nil
+	}
+	conflict(msg)
+	y.Log.Printf("service %s: declared by node %s: %s", name, win.Node, win.Declaration)
+	var gone []terminate.Target
+	if svc != nil {
+		// Static backends the new declaration no longer has.
+		for _, e := range services.DeclarationOf(svc).Backends {
+			if !slices.Contains(win.Declaration.Backends, e) {
+				gone = append(gone, target(e))
+			}
+		}
+	}
+	now, err := m.Slots(name) // its frontends are not needed any more
+	if err != nil {
+		return gone, err
+	}
+	local[name] = now
 	return gone, nil
 }

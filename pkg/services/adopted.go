@@ -144,3 +144,38 @@ func (d Declaration) String() string {
 	}
 	return s
 }
+
+// GetMany returns those of the named services that exist, reading the
+// frontends map once (Get reads it for every service).
+func (m *Maps) GetMany(names []string) (map[string]*Service, error) {
+	if err := m.loadNames(); err != nil {
+		return nil, err
+	}
+	fes, err := m.frontendsOf()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*Service{}
+	for _, name := range names {
+		id, ok := m.ids[name]
+		if !ok {
+			continue
+		}
+		svc, err := m.service(id, fes[id])
+		if err != nil {
+			return nil, err
+		}
+		out[name] = svc
+	}
+	return out, nil
+}
+
+// Slots returns a service with its backends and without its frontends
+// (no walk of the frontends map): enough for SetRemotes.
+func (m *Maps) Slots(name string) (*Service, error) {
+	id, err := m.id(name)
+	if err != nil {
+		return nil, err
+	}
+	return m.service(id, nil)
+}
