@@ -3,7 +3,6 @@ package policy
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -18,12 +17,9 @@ type Dispatch struct {
 	Ports    string   `json:"ports"`
 }
 
-// validLabel matches dispatch labels: they key a kernel map of 64 bytes.
-var validLabel = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
 // CheckDispatchLabel says what is wrong with a dispatch label.
 func CheckDispatchLabel(label string) error {
-	if !validLabel.MatchString(label) {
+	if !IsServiceName(label) {
 		return fmt.Errorf("label %q must be 1-63 letters, digits, _ . - (starting with a letter or digit)", label)
 	}
 	return nil

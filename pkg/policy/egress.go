@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 )
 
@@ -56,8 +55,10 @@ type egressRuleDoc struct {
 	Group    string            `json:"group,omitempty"`
 }
 
-// validGroup keeps group names short and printable.
-var validGroup = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+// isGroupName keeps group names short and printable: the rules of a
+// service name (IsServiceName), whose regexp has no {0,62} repetition to
+// compile at every process start.
+func isGroupName(g string) bool { return IsServiceName(g) }
 
 // parseEgressRule reads one rule; field is its name in errors
 // ("egress[3]").
@@ -116,7 +117,7 @@ func (r *EgressRule) validate(field string) error {
 	if len(r.Ports) > MaxRulePorts {
 		return fmt.Errorf("%s.ports: %d ranges, at most %d are supported", field, len(r.Ports), MaxRulePorts)
 	}
-	if r.Group != "" && !validGroup.MatchString(r.Group) {
+	if r.Group != "" && !isGroupName(r.Group) {
 		return fmt.Errorf("%s.group: %q must be 1-63 letters, digits, _ . - (starting with a letter or digit)", field, r.Group)
 	}
 	return nil
@@ -127,7 +128,7 @@ func (p *Policy) validateEgress() error {
 	seen := map[string]bool{}
 	for i, g := range p.Groups {
 		field := fmt.Sprintf("groups[%d]", i)
-		if !validGroup.MatchString(g) {
+		if !isGroupName(g) {
 			return fmt.Errorf("%s: %q must be 1-63 letters, digits, _ . - (starting with a letter or digit)", field, g)
 		}
 		if seen[g] {
