@@ -187,7 +187,7 @@ func add(inv *invocation) (err error) {
 		})
 	}
 	a, err := s.Attach(state.AttachRequest{ID: id, Policy: p, NetNS: args.Netns, Owner: Owner(c.Name),
-		KeyByNetNS: true, NetNSCgroup: c.NetNSCgroup})
+		KeyByNetNS: true, NetNSCgroup: c.NetNSCgroup, AddressesChecked: true})
 	if err != nil {
 		return types.NewError(ErrAttachFailed, err.Error(), "")
 	}

@@ -64,6 +64,10 @@ type AttachRequest struct {
 	// NetNSCgroup is where the namespace programs are attached: a common
 	// ancestor of the containers' cgroups; empty is the cgroup v2 root.
 	NetNSCgroup string
+	// AddressesChecked says the caller has just checked that the policy's
+	// addresses are local in NetNS (hostaddr.CheckLocal), so Attach does
+	// not enter the namespace again to check them.
+	AddressesChecked bool
 }
 
 // attachmentIDMax is the size of the kernel record key, NUL included.
@@ -116,8 +120,10 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	if err := checkNetNSPath(req.NetNS); err != nil {
 		return nil, err
 	}
-	if err := hostaddr.CheckLocal(req.NetNS, req.Policy.Addresses); err != nil {
-		return nil, err
+	if !req.AddressesChecked {
+		if err := hostaddr.CheckLocal(req.NetNS, req.Policy.Addresses); err != nil {
+			return nil, err
+		}
 	}
 
 	a := &Attachment{

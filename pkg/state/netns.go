@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -42,9 +44,18 @@ func (a *Attachment) Target() string {
 }
 
 // NetNSCookie returns the cookie of the network namespace at path, the
-// value bpf_get_netns_cookie and the programs read: it asks a socket
-// created inside the namespace (SO_NETNS_COOKIE, kernel 5.14+).
+// value bpf_get_netns_cookie and the programs read. Where the kernel's
+// namespace id is the cookie (checked once per process on its own
+// namespace), the namespace file answers it (NS_GET_ID); otherwise a
+// socket created inside the namespace does (SO_NETNS_COOKIE, kernel
+// 5.14+), which costs entering the namespace and back on a thread of its
+// own, several times what the rest of a CNI ADD does.
 func NetNSCookie(path string) (uint64, error) {
+	if nsIDIsCookie() {
+		if id, err := nsID(path); err == nil {
+			return id, nil
+		}
+	}
 	var cookie uint64
 	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -64,6 +75,56 @@ func NetNSCookie(path string) (uint64, error) {
 	}
 	return cookie, nil
 }
+
+// linux/nsfs.h: NS_GET_NSTYPE is _IO(NSIO, 0x3), NS_GET_ID is
+// _IOR(NSIO, 0xd, __u64) (6.17+).
+const (
+	nsGetNSType = 0xb703
+	nsGetID     = 0x8008b70d
+)
+
+// nsID returns the id of the network namespace file at path. Only an
+// nsfs file is opened (a FIFO would block the open, as ns.GetNS knows).
+func nsID(path string) (uint64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return 0, err
+	} else if fs.Type != unix.NSFS_MAGIC {
+		return 0, errors.New("not a namespace file")
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if t, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetNSType, 0); errno != 0 {
+		return 0, errno
+	} else if t != unix.CLONE_NEWNET {
+		return 0, errors.New("not a network namespace")
+	}
+	var id uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetID, uintptr(unsafe.Pointer(&id))); errno != 0 {
+		return 0, errno
+	}
+	return id, nil
+}
+
+// nsIDIsCookie tells whether the kernel gives a network namespace the same
+// id as its cookie (6.18 does): the process's own namespace answers both
+// without entering any.
+var nsIDIsCookie = sync.OnceValue(func() bool {
+	id, err := nsID("/proc/thread-self/ns/net")
+	if err != nil {
+		return false
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	return err == nil && cookie == id
+})
 
 // NetNSAlive reports whether a namespace-keyed attachment's namespace is
 // still there (its path names the same namespace).
@@ -216,7 +277,7 @@ func (s *State) netnsPrograms(list []cgroupProgram) (map[string]*ebpf.Program, e
 		if strings.HasPrefix(name, ".") {
 			continue // this copy's own globals
 		}
-		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
+		m, err := bpfobj.LoadPinnedMap(filepath.Join(s.dir, "maps", name))
 		if err != nil {
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
