@@ -11,13 +11,35 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
 // Mount returns the mount point of the cgroup v2 hierarchy, from
-// /proc/self/mountinfo.
+// /proc/self/mountinfo. The answer is kept while that path is still a
+// cgroup2 mount: an attach asked three times, and the kernel generates
+// mountinfo anew at each read.
 func Mount() (string, error) {
+	mountMu.Lock()
+	defer mountMu.Unlock()
+	var fs unix.Statfs_t
+	if mountCached != "" && unix.Statfs(mountCached, &fs) == nil && fs.Type == unix.CGROUP2_SUPER_MAGIC {
+		return mountCached, nil
+	}
+	path, err := readMount()
+	if err == nil {
+		mountCached = path
+	}
+	return path, err
+}
+
+var (
+	mountMu     sync.Mutex
+	mountCached string
+)
+
+func readMount() (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return "", err
