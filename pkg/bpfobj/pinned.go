@@ -12,7 +12,7 @@ import (
 // map that is missing.
 func OpenPinned(stateDir string, maps map[string]**ebpf.Map) error {
 	for name, dst := range maps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(stateDir, "maps", name), nil)
+		m, err := LoadPinnedMap(filepath.Join(stateDir, "maps", name))
 		if err != nil {
 			for _, opened := range maps {
 				if *opened != nil {

@@ -28,7 +28,7 @@ type Owners struct {
 
 // OpenOwners opens the map pinned in the state directory dir.
 func OpenOwners(dir string) (*Owners, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", bpfobj.PortcullisMapIsoOwners), nil)
+	m, err := bpfobj.LoadPinnedMap(filepath.Join(dir, "maps", bpfobj.PortcullisMapIsoOwners))
 	if err != nil {
 		return nil, fmt.Errorf("open pinned map %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", bpfobj.PortcullisMapIsoOwners, err)
 	}

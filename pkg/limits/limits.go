@@ -80,7 +80,13 @@ func (m *Maps) Set(owner uint64, l *policy.ConnectionLimits) error {
 // Forget removes owner's caps, counters and the slots of its sockets that
 // are still open (their release no longer runs once detached).
 func (m *Maps) Forget(owner uint64) error {
-	if err := m.limits.Delete(&owner); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := m.limits.Delete(&owner); errors.Is(err, ebpf.ErrKeyNotExist) {
+		// The programs count only for an owner with caps, and caps
+		// are only removed here: without them there is nothing to
+		// find, and each walk reads every bucket of a 262,144-entry
+		// map (0.3 ms of each detach).
+		return nil
+	} else if err != nil {
 		return err
 	}
 	keys, _, err := m.list(owner)

@@ -32,7 +32,7 @@ func Open(dir string) (*Maps, error) {
 		bpfobj.PortcullisMapPublications: &m.pubs,
 		bpfobj.PortcullisMapHostAddrs:    &m.hostAddrs,
 	} {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", name), nil)
+		mp, err := bpfobj.LoadPinnedMap(filepath.Join(dir, "maps", name))
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("open pinned map %s: %w (state from an older version? run portcullisctl unload --force && portcullisctl load)", name, err)

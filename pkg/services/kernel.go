@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/portcullis-net/portcullis/pkg/bpfobj"
 )
 
 // Go mirrors of the structs in bpf/services.h. Addresses are 16 bytes in
@@ -110,7 +112,7 @@ func Open(dir string) (*Maps, error) {
 		mapFrontends: &m.frontends, mapCounts: &m.counts, mapBackends: &m.backends,
 		mapNames: &m.nameMap, mapRegistry: &m.registry, mapListeners: &m.listeners, mapDrops: &m.drops,
 	} {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", name), nil)
+		mp, err := bpfobj.LoadPinnedMap(filepath.Join(dir, "maps", name))
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("open pinned map %s: %w (state from an older version? run portcullisctl unload --force && portcullisctl load)", name, err)

@@ -58,6 +58,22 @@ func (s *State) WithServices(f func(m *services.Maps, providers []services.Provi
 // longer runs for its sockets). An attach also applies services.d, so
 // declarations take effect without a daemon.
 func (s *State) syncServices(a *Attachment, gone bool) error {
+	var (
+		decls []services.Declaration
+		err   error
+	)
+	if !gone {
+		if decls, err = services.LoadDir(services.Dir()); err != nil {
+			return fmt.Errorf("services.d: %w", err)
+		}
+	}
+	var names []string
+	for _, p := range a.Policy.Provides {
+		names = append(names, p.Service)
+	}
+	if !gone && len(decls) == 0 && len(names) == 0 {
+		return nil // nothing to recompute: the maps need not even be opened
+	}
 	m, err := s.Services()
 	if err != nil {
 		return err
@@ -67,16 +83,6 @@ func (s *State) syncServices(a *Attachment, gone bool) error {
 		if err := m.ForgetCgroup(a.CgroupID); err != nil {
 			return fmt.Errorf("forget port registry of %s: %w", a.ID, err)
 		}
-	}
-	var decls []services.Declaration
-	if !gone {
-		if decls, err = services.LoadDir(services.Dir()); err != nil {
-			return fmt.Errorf("services.d: %w", err)
-		}
-	}
-	var names []string
-	for _, p := range a.Policy.Provides {
-		names = append(names, p.Service)
 	}
 	if len(decls) == 0 && len(names) == 0 {
 		return nil // nothing to recompute: skip reading every record

@@ -236,7 +236,7 @@ func (s *State) openObjects() error {
 		bpfobj.PortcullisMapDecisionsUser: &s.counters.userDecisions,
 	}
 	for name, dst := range maps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", name), nil)
+		m, err := bpfobj.LoadPinnedMap(filepath.Join(s.dir, "maps", name))
 		if err != nil {
 			return fmt.Errorf("open pinned map %s: %w (state from another version? run portcullisctl unload --force && portcullisctl load)", name, err)
 		}
@@ -244,7 +244,7 @@ func (s *State) openObjects() error {
 	}
 	// A state loaded before long records has no chunk map: its records
 	// are all short.
-	s.chunks, _ = ebpf.LoadPinnedMap(filepath.Join(s.dir, "maps", chunksMapName), nil)
+	s.chunks, _ = bpfobj.LoadPinnedMap(filepath.Join(s.dir, "maps", chunksMapName))
 	// A state of a build with other record sizes (4 KiB heads before
 	// they shrank) would fail every read with a size mismatch.
 	if got, want := s.records.ValueSize(), uint32(binary.Size(bpfobj.PortcullisRecord{})); got != want {

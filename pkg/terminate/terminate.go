@@ -236,7 +236,7 @@ func load(s *state.State, targets []Target, dryRun bool) (_ *programs, err error
 	if err := state.Lock(lock, unix.LOCK_EX); err != nil {
 		return nil, err
 	}
-	if p.targets, err = ebpf.LoadPinnedMap(filepath.Join(dir, bpfobj.TerminateMapTargets), nil); err != nil {
+	if p.targets, err = bpfobj.LoadPinnedMap(filepath.Join(dir, bpfobj.TerminateMapTargets)); err != nil {
 		return nil, fmt.Errorf("open pinned targets map: %w", err)
 	}
 	// A run that crashed may have left its targets.
