@@ -458,14 +458,7 @@ func detachLinks(dir string) error {
 	paths, _ := filepath.Glob(filepath.Join(dir, "*"))
 	var errs []error
 	for _, path := range paths {
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			errs = append(errs, os.Remove(path))
-			continue
-		}
-		l.Detach() // fails harmlessly on links already defunct
-		errs = append(errs, l.Unpin())
-		l.Close()
+		errs = append(errs, bpfobj.DetachPinnedLink(path))
 	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
