@@ -19,7 +19,8 @@ import (
 // goes when no host declares it any more; two declarations of one service
 // that differ are resolved by the conflict rule and logged.
 func TestDeclarationsAcrossHosts(t *testing.T) {
-	cluster := testenv.StartEtcd(t, "127.17.0.1", "127.17.0.2", "127.17.0.3")
+	members, _ := testenv.EtcdAddrs(t, 3)
+	cluster := testenv.StartEtcd(t, members...)
 	a, b := twoHosts(t)
 	a.etcd, b.etcd = cluster.Endpoints(), cluster.Endpoints()
 	const (

@@ -265,7 +265,8 @@ func answeredBy(name string) func(testenv.ProbeResult) bool {
 func refused(r testenv.ProbeResult) bool { return !r.OK && r.Errno == "ECONNREFUSED" }
 
 func TestBackendsAcrossHosts(t *testing.T) {
-	cluster := testenv.StartEtcd(t, "127.17.0.1", "127.17.0.2", "127.17.0.3")
+	members, _ := testenv.EtcdAddrs(t, 3)
+	cluster := testenv.StartEtcd(t, members...)
 	a, b := twoHosts(t)
 	a.etcd, b.etcd = cluster.Endpoints(), cluster.Endpoints()
 	provA := a.container(t, "provider", provides(addrA))

@@ -15,20 +15,17 @@ import (
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
-// etcdAltA are the second client addresses of the members: only A's sync
-// uses them, so dropping the traffic to and from them cuts A off from
-// every member while B and the members keep talking.
-var etcdAltA = []string{"127.17.0.21", "127.17.0.22", "127.17.0.23"}
-
-// partition silently drops every packet to or from etcdAltA (loopback:
+// partition silently drops every packet to or from the members' second
+// client addresses, alt, which only A's sync uses: A is cut off from every
+// member while B and the members keep talking (loopback:
 // the syncs and the members run in the host namespace, so the rule is
 // there, in a table of its own that matches only these addresses). heal
 // deletes the table; so does the test's cleanup.
-func partition(t *testing.T) (heal func()) {
+func partition(t *testing.T, alt []string) (heal func()) {
 	t.Helper()
 	nft := testenv.RequireCommand(t, "nft", "nftables")
 	table := "pc17part" + strings.ReplaceAll(testenv.Suffix(), "-", "")
-	addrs := strings.Join(etcdAltA, ", ")
+	addrs := strings.Join(alt, ", ")
 	ruleset := fmt.Sprintf(`table inet %s {
 	chain out {
 		type filter hook output priority -300; policy accept;
@@ -61,7 +58,8 @@ func partition(t *testing.T) (heal func()) {
 // read, then a watch from its revision), republishes, and B picks A
 // again; neither side keeps a backend that was withdrawn meanwhile.
 func TestPartition(t *testing.T) {
-	cluster := testenv.StartEtcdAlt(t, []string{"127.17.0.1", "127.17.0.2", "127.17.0.3"}, etcdAltA)
+	members, alt := testenv.EtcdAddrs(t, 3)
+	cluster := testenv.StartEtcdAlt(t, members, alt)
 	a, b := twoHosts(t)
 	a.etcd, b.etcd = cluster.AltEndpoints(), cluster.Endpoints()
 	const kvFE = "127.17.1.2:17433"
@@ -89,7 +87,7 @@ func TestPartition(t *testing.T) {
 		t.Fatal("B never picked A's provider")
 	}
 
-	heal := partition(t)
+	heal := partition(t, alt)
 	cut := time.Now()
 	// B's provider stops while A cannot hear of it.
 	listenB.Kill()

@@ -25,7 +25,8 @@ func (h *host) udpOnce(t *testing.T, cg cgroup.Cgroup, addr string) testenv.Prob
 // connected client is aborted, new ones refused) and when A's lease
 // expires.
 func TestUDPAcrossHosts(t *testing.T) {
-	cluster := testenv.StartEtcd(t, "127.17.0.1", "127.17.0.2", "127.17.0.3")
+	members, _ := testenv.EtcdAddrs(t, 3)
+	cluster := testenv.StartEtcd(t, members...)
 	a, b := twoHosts(t)
 	a.etcd, b.etcd = cluster.Endpoints(), cluster.Endpoints()
 	const (

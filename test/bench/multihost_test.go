@@ -36,7 +36,8 @@ func BenchmarkMultiHostPropagation(b *testing.B) {
 	if b.N == 1 {
 		return // the 1x probe run; the measured run sets its own rounds
 	}
-	cluster := testenv.StartEtcd(b, "127.17.0.11", "127.17.0.12", "127.17.0.13")
+	members, _ := testenv.EtcdAddrs(b, 3)
+	cluster := testenv.StartEtcd(b, members...)
 	b.Setenv("PORTCULLIS_SERVICES_DIR", b.TempDir())
 	ctl, probe := testenv.Binary(b, "./cmd/portcullisctl"), testenv.Binary(b, "./test/sockprobe")
 	dirA, dirB := testenv.StateDir(b), testenv.StateDir(b)

@@ -3,6 +3,8 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +40,36 @@ const (
 	ClientPort = 17379
 	peerPort   = 17380
 )
+
+// EtcdAddrs picks n loopback addresses for members, 127.18.R.1 to .n, and
+// n more, 127.18.R.21 on, for StartEtcdAlt, in a random R whose etcd
+// ports are all free: the same test run at the same time by a suite in
+// another worktree gets another R.
+func EtcdAddrs(t testing.TB, n int) (addrs, alt []string) {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		r := 1 + rand.IntN(250)
+		addrs, alt = nil, nil
+		free := true
+		for i := 1; i <= n && free; i++ {
+			addrs = append(addrs, fmt.Sprintf("127.18.%d.%d", r, i))
+			alt = append(alt, fmt.Sprintf("127.18.%d.%d", r, 20+i))
+			for _, hp := range []string{fmt.Sprintf("127.18.%d.%d:%d", r, i, ClientPort), fmt.Sprintf("127.18.%d.%d:%d", r, i, peerPort), fmt.Sprintf("127.18.%d.%d:%d", r, 20+i, ClientPort)} {
+				l, err := net.Listen("tcp", hp)
+				if err != nil {
+					free = false
+					break
+				}
+				l.Close()
+			}
+		}
+		if free {
+			return addrs, alt
+		}
+	}
+	t.Fatal("no free loopback /24 for etcd members under 127.18.0.0/16")
+	return nil, nil
+}
 
 // StartEtcd starts one member on each loopback address and waits until
 // the cluster answers.
