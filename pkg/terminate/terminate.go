@@ -23,8 +23,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -142,19 +144,58 @@ func Run(s *state.State, targets []Target, dryRun bool) (*Report, error) {
 // scanAll runs the iterators in each namespace and adds what they found to
 // report. A namespace that fails is reported and the others are still
 // scanned; the error then names every failure.
+//
+// Each (namespace, iterator) read walks the whole of the kernel's table for
+// its protocol, filtering by namespace (the TCP one has 262,144 buckets on
+// the development VM: about 2 ms whatever the sockets), so the reads run in
+// parallel, one per CPU.
 func (p *programs) scanAll(paths []string, report *Report) error {
-	var errs []error
-	for _, path := range paths {
-		n, err := p.scanNetNS(path)
-		if err != nil {
+	parts := make([][]Namespace, len(paths))
+	errs := make([][]error, len(paths))
+	for i := range paths {
+		parts[i] = make([]Namespace, len(p.links))
+		errs[i] = make([]error, len(p.links))
+	}
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, max(1, runtime.NumCPU()))
+	for i, path := range paths {
+		for j, l := range p.links {
+			wg.Add(1)
+			slots <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				parts[i][j], errs[i][j] = p.scanNetNS(path, l)
+			}()
+		}
+	}
+	wg.Wait()
+	var all []error
+	for i, path := range paths {
+		n := Namespace{NetNS: HostNetNS}
+		if path != "" {
+			n.NetNS = path
+		}
+		var nsErrs []error
+		for j, part := range parts[i] {
+			n.Scanned += part.Scanned
+			n.Matched += part.Matched
+			n.Destroyed += part.Destroyed
+			n.Sockets = append(n.Sockets, part.Sockets...)
+			n.ScanTime = max(n.ScanTime, part.ScanTime)
+			if errs[i][j] != nil {
+				nsErrs = append(nsErrs, errs[i][j])
+			}
+		}
+		if err := errors.Join(nsErrs...); err != nil {
 			n.Error = err.Error()
-			errs = append(errs, fmt.Errorf("netns %s: %w", n.NetNS, err))
+			all = append(all, fmt.Errorf("netns %s: %w", n.NetNS, err))
 		}
 		report.Namespaces = append(report.Namespaces, n)
 		report.Matched += n.Matched
 		report.Destroyed += n.Destroyed
 	}
-	return errors.Join(errs...)
+	return errors.Join(all...)
 }
 
 func (t Target) validate() error {
@@ -341,21 +382,15 @@ func (t Target) keys() []bpfobj.TerminateTermTarget {
 
 var protocolNumber = map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP}
 
-// scanNetNS runs every loaded iterator in one namespace ("" is the
-// caller's). An iterator is bound to the namespace of the thread that
-// opens it, so it is opened (and read) on a thread locked into the
-// namespace.
-func (p *programs) scanNetNS(path string) (Namespace, error) {
+// scanNetNS runs one iterator in one namespace ("" is the caller's). An
+// iterator is bound to the namespace of the thread that opens it, so it is
+// opened (and read) on a thread locked into the namespace.
+func (p *programs) scanNetNS(path string, l *link.Iter) (Namespace, error) {
 	n := Namespace{NetNS: HostNetNS}
 	start := time.Now()
 	scan := func() error {
 		defer func() { n.ScanTime = time.Since(start) }()
-		for _, l := range p.links {
-			if err := n.read(l, p.dryRun); err != nil {
-				return err
-			}
-		}
-		return nil
+		return n.read(l, p.dryRun)
 	}
 	if path == "" {
 		return n, scan()
