@@ -47,8 +47,14 @@ func newDoctorCommand(opts *options) *cobra.Command {
 
 // printMapMemory says what the loaded state's maps cost, if one is loaded.
 func printMapMemory(w io.Writer, dir string) {
+	l, err := state.ReadLayout(dir)
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(w, "\n%s\n", layoutLine(&l))
 	s, err := state.Open(dir, false)
 	if err != nil {
+		fmt.Fprintf(w, "state %s: %v\n", dir, err)
 		return
 	}
 	defer s.Close()
@@ -61,5 +67,5 @@ func printMapMemory(w io.Writer, dir string) {
 	for _, m := range maps {
 		sum += m.Memlock
 	}
-	fmt.Fprintf(w, "\nstate %s: %d maps, %.1f MiB (portcullisctl status -o json: per map)\n", dir, len(maps), float64(sum)/(1<<20))
+	fmt.Fprintf(w, "state %s: %d maps, %.1f MiB (portcullisctl status -o json: per map)\n", dir, len(maps), float64(sum)/(1<<20))
 }

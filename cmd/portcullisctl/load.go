@@ -28,6 +28,10 @@ func newLoadCommand(opts *options) *cobra.Command {
 			} else if sizes != (state.Sizes{}) {
 				return fmt.Errorf("already loaded in %s with its own map sizes: unload it first (portcullisctl unload) to load with --max-*", opts.stateDir)
 			} else {
+				// A state of another layout is not this build's to use.
+				if l, err := state.ReadLayout(opts.stateDir); err == nil && (l.Version != state.LayoutVersion || l.Upgrading) {
+					return &state.LayoutError{Dir: opts.stateDir, State: l}
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "already loaded in %s\n", opts.stateDir)
 			}
 			return nil

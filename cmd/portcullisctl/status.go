@@ -14,8 +14,11 @@ import (
 
 // statusReport is status' JSON form.
 type statusReport struct {
-	StateDir    string             `json:"stateDir"`
-	Loaded      bool               `json:"loaded"`
+	StateDir string `json:"stateDir"`
+	Loaded   bool   `json:"loaded"`
+	// Layout is what the state records; Tool is this build's.
+	Layout      *state.Layout      `json:"layout,omitempty"`
+	Tool        state.Layout       `json:"tool"`
 	Attachments []state.Attachment `json:"attachments"`
 	// Maps is what each pinned map costs; MapMemory is their sum.
 	Maps      []state.MapUsage `json:"maps,omitempty"`
@@ -52,10 +55,18 @@ func newStatusCommand(opts *options) *cobra.Command {
 		Short: "Show whether portcullis is loaded, its map memory, and every attachment (or one)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			report := statusReport{StateDir: opts.stateDir, Attachments: []state.Attachment{}}
+			report := statusReport{StateDir: opts.stateDir, Attachments: []state.Attachment{}, Tool: toolLayout()}
+			if l, err := state.ReadLayout(opts.stateDir); err == nil {
+				report.Layout = &l
+			}
 			s, err := state.Open(opts.stateDir, false)
+			var layoutErr *state.LayoutError
 			switch {
 			case errors.Is(err, state.ErrNotLoaded):
+			case errors.As(err, &layoutErr):
+				// Both layouts, then the one line saying what to do.
+				fmt.Fprintln(cmd.OutOrStdout(), layoutLine(report.Layout))
+				return err
 			case err != nil:
 				return err
 			default:
@@ -89,8 +100,8 @@ func newStatusCommand(opts *options) *cobra.Command {
 				return nil
 			}
 			if len(args) == 0 {
-				fmt.Fprintf(out, "loaded in %s, %d attachments, map memory %.1f MiB (-o json: per map)\n\n",
-					report.StateDir, len(report.Attachments), float64(report.MapMemory)/(1<<20))
+				fmt.Fprintf(out, "loaded in %s, %d attachments, map memory %.1f MiB (-o json: per map)\n%s\n\n",
+					report.StateDir, len(report.Attachments), float64(report.MapMemory)/(1<<20), layoutLine(report.Layout))
 			}
 			var rows [][]string
 			for i := range report.Attachments {
@@ -102,4 +113,26 @@ func newStatusCommand(opts *options) *cobra.Command {
 			return printConnections(out, opts, report.Connections)
 		},
 	}
+}
+
+// toolLayout is this build's layout.
+func toolLayout() state.Layout {
+	return state.Layout{Version: state.LayoutVersion, Build: state.Build()}
+}
+
+// layoutLine shows the state's layout beside this build's.
+func layoutLine(l *state.Layout) string {
+	t := toolLayout()
+	if l == nil {
+		return fmt.Sprintf("state layout unknown; this build: layout %d (%s)", t.Version, t.Build)
+	}
+	build := l.Build
+	if build == "" {
+		build = "build not recorded"
+	}
+	line := fmt.Sprintf("state layout %d (%s); this build: layout %d (%s)", l.Version, build, t.Version, t.Build)
+	if l.Upgrading {
+		line += "; an upgrade is unfinished"
+	}
+	return line
 }

@@ -10,12 +10,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// The program table (maps/cgroup_programs) names the programs every
+// The program table (maps/program_table; maps/cgroup_programs in layout 1) names the programs every
 // attachment attaches to its cgroup, with their attach types. Load writes
 // it from the collection spec, so that opening the state, which every CNI
 // and hook call does, needs no parsing of the BPF object (1.6 ms a time).
 // Only userspace reads it.
-const programsMapName = "cgroup_programs"
+const programsMapName = "program_table"
+
+// programsMapNameV1 is its name in layout 1.
+const programsMapNameV1 = "cgroup_programs"
 
 // programRow is one slot of the table (an array: its empty slots are not
 // entries a leftover check could mistake for a container's).

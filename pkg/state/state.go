@@ -9,15 +9,15 @@
 //	maps/<name>           the maps (policies, port mappings, records, ...)
 //	maps/attachment_keys  policy key (u64) -> attachment id, the index
 //	maps/attachment_netns netns path -> number of attachments recording it
-//	maps/cgroup_programs  name -> attach type of the programs each cgroup gets
+//	maps/program_table    name -> attach type of the programs each cgroup gets
+//	maps/layout           the layout version and the build (layout.go)
 //	cgroups/<id>/<name>   one bpf_link per program for attachment <id>
 //	terminate/<name>      the termination iterators and their targets map
 //	netns/...             the copy for namespace-keyed policies (netns.go)
 //
-// There is no versioned upgrade of this layout: Open refuses a state that
-// lacks one of the maps it opens (such as one loaded before the index, the
-// namespace list and the program table existed), saying to unload and
-// load again.
+// The state records its layout version (layout.go); Open refuses a state
+// of another version, and portcullisctl upgrade (upgrade.go) carries one
+// to this build's layout in place.
 package state
 
 import (
@@ -171,6 +171,14 @@ func LoadSized(dir string, sizes Sizes) (bool, error) {
 	if err := table.Pin(filepath.Join(tmp, "maps", programsMapName)); err != nil {
 		return false, fmt.Errorf("pin map %s: %w", programsMapName, err)
 	}
+	layout, err := newLayoutMap()
+	if err != nil {
+		return false, err
+	}
+	defer layout.Close()
+	if err := layout.Pin(filepath.Join(tmp, "maps", layoutMapName)); err != nil {
+		return false, fmt.Errorf("pin map %s: %w", layoutMapName, err)
+	}
 	// Termination is optional: a kernel without bpf_sock_destroy still
 	// gets a working state, and terminate says what is missing.
 	_ = pinTermination(filepath.Join(tmp, "terminate"), coll.Maps)
@@ -207,6 +215,10 @@ func Open(dir string, exclusive bool) (*State, error) {
 		return nil, err
 	}
 	s := &State{dir: dir, lock: lock}
+	if err := checkLayout(dir); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.openObjects(); err != nil {
 		s.Close()
 		return nil, err
