@@ -1,0 +1,139 @@
+package upgrade
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/test/testenv"
+)
+
+// The upgrade under load: a real layout-1 state, traffic through a
+// frontend and binds tried during an upgrade that fails half way (a test
+// hook) and is resumed, then run once more (a no-op). Nothing fails,
+// nothing escapes the policy, every attachment keeps its policy and map
+// entries, each hook always has one program, and tools of the other
+// layout refuse the state in one line.
+func TestUpgradeUnderLoad(t *testing.T) {
+	e := Layout1(t)
+	// The hooks of layout 1.
+	hooks := len(e.LinkPrograms(t)) / len(e.Groups)
+	before := e.Take(t, e.V1)
+	oldLinks := e.LinkPrograms(t)
+
+	// This build refuses the layout-1 state, every front end alike.
+	want := "has layout 1, this build needs 2: run `portcullisctl upgrade`"
+	if out, err := e.Try(e.V2, nil, "status"); err == nil || !strings.Contains(out, want) {
+		t.Fatalf("status of a layout-1 state: %v\n%s", err, out)
+	}
+	refusedByFrontEnds(t, e, want)
+
+	e.StartLoad(t)
+	time.Sleep(200 * time.Millisecond)
+
+	// Half way: the failure leaves some links on new programs, the rest
+	// on old ones; every tool refuses the state meanwhile.
+	out, err := e.Try(e.V2, []string{"PORTCULLIS_TEST_UPGRADE_FAIL_AFTER=" + fmt.Sprint(hooks+hooks/2)}, "upgrade")
+	if err == nil || !strings.Contains(out, "failure injected") || !strings.Contains(out, "run portcullisctl upgrade again") {
+		t.Fatalf("upgrade with a failure injected: %v\n%s", err, out)
+	}
+	e.Enforced(t, hooks)
+	mid := e.LinkPrograms(t)
+	changed := 0
+	for path, id := range mid {
+		if id != oldLinks[path] {
+			changed++
+		}
+	}
+	if changed != hooks+hooks/2 {
+		t.Errorf("%d links changed program before the injected failure, want %d", changed, hooks+hooks/2)
+	}
+	if out, err := e.Try(e.V2, nil, "status"); err == nil || !strings.Contains(out, "half way through an upgrade") {
+		t.Errorf("status half way: %v\n%s", err, out)
+	}
+	if out, err := e.Try(e.V1, nil, "status"); err == nil || !strings.Contains(out, "cgroup_programs") {
+		t.Errorf("the layout-1 tool half way: %v\n%s", err, out)
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	start := time.Now()
+	out = e.Run(t, e.V2, "upgrade")
+	t.Logf("resumed upgrade in %v: %s", time.Since(start), out)
+	if !strings.Contains(out, "finished the upgrade") {
+		t.Errorf("the second run did not resume: %s", out)
+	}
+	e.Enforced(t, hooks)
+	time.Sleep(200 * time.Millisecond)
+	if out := e.Run(t, e.V2, "upgrade"); !strings.Contains(out, "already has layout 2") {
+		t.Errorf("a third run: %s", out)
+	}
+	counts := e.StopLoad(t)
+	for i, c := range counts {
+		what := []string{"client", "binder"}[i]
+		t.Logf("%s: %+v", what, c)
+		if c.Failed != 0 || c.Escaped != 0 || c.OK == 0 || c.Rounds < 3 {
+			t.Errorf("%s during the upgrade: %d rounds, %d ok, %d failed, %d escaped: %v", what, c.Rounds, c.OK, c.Failed, c.Escaped, c.Errors)
+		}
+	}
+
+	after := e.Take(t, e.V2)
+	Same(t, before, after)
+	newLinks := e.LinkPrograms(t)
+	if len(newLinks) != len(oldLinks) {
+		t.Errorf("%d links before, %d after", len(oldLinks), len(newLinks))
+	}
+	for path, id := range newLinks {
+		if id == oldLinks[path] {
+			t.Errorf("link %s still runs the old program %d", path, id)
+		}
+	}
+	s, err := state.Open(e.Dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range after.Attachments {
+		if err := s.VerifyLinks(&after.Attachments[i]); err != nil {
+			t.Error(err)
+		}
+	}
+	l, err := state.ReadLayout(e.Dir)
+	s.Close()
+	if err != nil || l.Version != state.LayoutVersion || l.Upgrading {
+		t.Errorf("layout after: %+v %v", l, err)
+	}
+	// The layout-1 tool refuses the new state instead of misreading it.
+	if out, err := e.Try(e.V1, nil, "status"); err == nil || !strings.Contains(out, "state from another version") {
+		t.Errorf("the layout-1 tool on the upgraded state: %v\n%s", err, out)
+	}
+	// The new build works on it: detach and attach again.
+	e.Run(t, e.V2, "detach", "--id", "bnd")
+	doc := filepath.Join(t.TempDir(), "bnd.json")
+	os.WriteFile(doc, []byte(policies["bnd"]), 0o644)
+	e.Run(t, e.V2, "attach", "--id", "bnd", "--cgroup", e.Groups["bnd"].Path, "--policy", doc, "--netns", e.NS.Path)
+	e.Enforced(t, hooks)
+}
+
+// refusedByFrontEnds checks that the CNI plugin (DEL) and the OCI hook
+// (poststop) refuse the state with want in their error.
+func refusedByFrontEnds(t *testing.T, e *Env, want string) {
+	t.Helper()
+	plugin := testenv.Binary(t, "./plugins/portcullis")
+	cmd := exec.Command(plugin)
+	cmd.Env = append(os.Environ(), "CNI_COMMAND=DEL", "CNI_CONTAINERID=upgrade-test", "CNI_IFNAME=eth0", "CNI_NETNS="+e.NS.Path, "CNI_PATH=/usr/lib/cni")
+	cmd.Stdin = strings.NewReader(fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "upgrade", "type": "portcullis", "stateDir": %q}`, e.Dir))
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("CNI DEL on a layout-1 state: %v\n%s", err, out)
+	}
+	hook := testenv.Binary(t, "./hooks/portcullis-hook")
+	cmd = exec.Command(hook, "poststop")
+	cmd.Env = append(os.Environ(), "PORTCULLIS_STATE_DIR="+e.Dir)
+	cmd.Stdin = strings.NewReader(`{"ociVersion": "1.0.2", "id": "upgrade-test", "status": "stopped", "bundle": "/nonexistent"}`)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("hook poststop on a layout-1 state: %v\n%s", err, out)
+	}
+}
