@@ -15,8 +15,10 @@ all: build
 deps:
 	./scripts/install-deps.sh
 
+# The build the state records (docs/upgrade.md).
+BUILD_ID ?= $(shell git describe --always --dirty 2>/dev/null)
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(COMMANDS)
+	CGO_ENABLED=0 $(GO) build -ldflags "-X github.com/portcullis-net/portcullis/pkg/state.buildOverride=$(BUILD_ID)" -o $(BIN)/ $(COMMANDS)
 
 # Rebuild the BPF objects and Go bindings from bpf/*.c (needs clang-19).
 generate:
