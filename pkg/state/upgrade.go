@@ -301,7 +301,7 @@ func (u *upgrader) prepare() (err error) {
 	}
 	// The termination iterators read policies.
 	if _, err := os.Stat(u.path("terminate")); err == nil {
-		_ = pinTermination(filepath.Join(tmp, "terminate"), replace[bpfobj.PortcullisMapPolicies])
+		_ = pinTermination(filepath.Join(tmp, "terminate"), replace)
 	}
 	// Maps of the old layout this one no longer has.
 	pinned, _ := filepath.Glob(u.path("maps", "*"))
@@ -703,12 +703,46 @@ func (u *upgrader) commit() error {
 			return err
 		}
 	}
+	if err := u.runHooks(); err != nil {
+		return err
+	}
 	if _, err := os.Stat(u.staging("maps", layoutMapName)); err == nil {
 		if err := os.Rename(u.staging("maps", layoutMapName), u.path("maps", layoutMapName)); err != nil {
 			return err
 		}
 	}
 	return os.RemoveAll(u.staging())
+}
+
+// An UpgradeHook lets a package that pins objects of its own using the
+// state's maps follow an upgrade (pkg/netnstraffic: its programs read the
+// traffic map, its links are per pod). It runs once the new maps and
+// programs are in place, before the layout record is written, with the
+// state open (its lock is Upgrade's); from is the state's old layout. It
+// must be idempotent: a failure leaves the upgrade half way, and the next
+// run calls it again.
+type UpgradeHook func(s *State, from int) error
+
+var upgradeHooks []UpgradeHook
+
+// RegisterUpgradeHook adds a hook; call it from an init function.
+func RegisterUpgradeHook(h UpgradeHook) { upgradeHooks = append(upgradeHooks, h) }
+
+func (u *upgrader) runHooks() error {
+	if len(upgradeHooks) == 0 {
+		return nil
+	}
+	s := &State{dir: u.dir}
+	defer s.Close()
+	if err := s.openObjects(); err != nil {
+		return err
+	}
+	for _, h := range upgradeHooks {
+		if err := h(s, u.from); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removeStale removes pinned maps and programs this layout does not have.
