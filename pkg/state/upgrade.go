@@ -136,8 +136,6 @@ func (u *upgrader) path(parts ...string) string {
 type mapPlan struct {
 	spec *ebpf.MapSpec
 	old  *ebpf.Map // nil: new in this layout
-	// migrate is set when the map is created anew and filled from old.
-	migrate Migration
 }
 
 // prepare stages the new objects in STATE/upgrade (see Upgrade).
@@ -299,7 +297,7 @@ func (u *upgrader) prepare() (err error) {
 			return err
 		}
 	}
-	// The termination iterators read policies.
+	// The termination iterators read policies, sock_owners, decisions.
 	if _, err := os.Stat(u.path("terminate")); err == nil {
 		_ = pinTermination(filepath.Join(tmp, "terminate"), replace)
 	}
