@@ -65,7 +65,11 @@ func newStatusCommand(opts *options) *cobra.Command {
 			case errors.Is(err, state.ErrNotLoaded):
 			case errors.As(err, &layoutErr):
 				// Both layouts, then the one line saying what to do.
-				fmt.Fprintln(cmd.OutOrStdout(), layoutLine(report.Layout))
+				if opts.output == "json" {
+					render(cmd.OutOrStdout(), opts, report, nil, nil)
+				} else {
+					fmt.Fprintln(cmd.OutOrStdout(), layoutLine(report.Layout))
+				}
 				return err
 			case err != nil:
 				return err
