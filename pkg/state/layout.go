@@ -21,7 +21,10 @@ import (
 //	1  every state loaded before the version was recorded (main at 1a53481)
 //	2  the layout is recorded (maps/layout); the program table is
 //	   maps/program_table (it was maps/cgroup_programs, which builds of
-//	   layout 1 need: they refuse a newer state instead of misreading it)
+//	   layout 1 need: they refuse a newer state instead of misreading it);
+//	   512-byte record heads and 1 KiB chunks; limits and iso_owners not
+//	   preallocated; netns-traffic/ for pods; termination shares
+//	   sock_owners and the decision counters
 const LayoutVersion = 2
 
 // layoutMapName holds the layout version of the state and the build that
