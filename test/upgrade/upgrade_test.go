@@ -13,21 +13,39 @@ import (
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
-// The upgrade under load: a real layout-1 state, traffic through a
-// frontend and binds tried during an upgrade that fails half way (a test
-// hook) and is resumed, then run once more (a no-op). Nothing fails,
-// nothing escapes the policy, every attachment keeps its policy and map
-// entries, each hook always has one program, and tools of the other
+// releases are the previous releases' portcullisctl in test/testdata and
+// their layouts: each is upgraded to this build's (docs/upgrade.md).
+var releases = []struct {
+	file   string
+	layout int
+	// refused is what that release's tools say of a state of this layout.
+	refused string
+}{
+	{"portcullisctl-layout1.gz", 1, "state from another version"},
+}
+
+// The upgrade under load: a real state of each previous layout, traffic
+// through a frontend and binds tried during an upgrade that fails half way
+// (a test hook) and is resumed, then run once more (a no-op). Nothing
+// fails, nothing escapes the policy, every attachment keeps its policy and
+// map entries, each hook always has one program, and tools of the other
 // layout refuse the state in one line.
 func TestUpgradeUnderLoad(t *testing.T) {
-	e := Layout1(t)
-	// The hooks of layout 1.
+	for _, r := range releases {
+		t.Run(fmt.Sprintf("from-layout-%d", r.layout), func(t *testing.T) {
+			upgradeUnderLoad(t, FromRelease(t, r.file), r.layout, r.refused)
+		})
+	}
+}
+
+func upgradeUnderLoad(t *testing.T, e *Env, from int, refused string) {
+	// The hooks of the old layout.
 	hooks := len(e.LinkPrograms(t)) / len(e.Groups)
 	before := e.Take(t, e.V1)
 	oldLinks := e.LinkPrograms(t)
 
-	// This build refuses the layout-1 state, every front end alike.
-	want := "has layout 1, this build needs 2: run `portcullisctl upgrade`"
+	// This build refuses the old state, every front end alike.
+	want := fmt.Sprintf("has layout %d, this build needs %d: run `portcullisctl upgrade`", from, state.LayoutVersion)
 	if out, err := e.Try(e.V2, nil, "status"); err == nil || !strings.Contains(out, want) {
 		t.Fatalf("status of a layout-1 state: %v\n%s", err, out)
 	}
@@ -58,20 +76,20 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if out, err := e.Try(e.V2, nil, "status"); err == nil || !strings.Contains(out, "half way through an upgrade") {
 		t.Errorf("status half way: %v\n%s", err, out)
 	}
-	if out, err := e.Try(e.V1, nil, "status"); err == nil || !strings.Contains(out, "cgroup_programs") {
+	if out, err := e.Try(e.V1, nil, "status"); err == nil {
 		t.Errorf("the layout-1 tool half way: %v\n%s", err, out)
 	}
 	time.Sleep(200 * time.Millisecond)
 
 	start := time.Now()
 	out = e.Run(t, e.V2, "upgrade")
-	t.Logf("resumed upgrade in %v: %s", time.Since(start), out)
+	t.Logf("resumed upgrade from layout %d in %v: %s", from, time.Since(start), out)
 	if !strings.Contains(out, "finished the upgrade") {
 		t.Errorf("the second run did not resume: %s", out)
 	}
 	e.Enforced(t, 1) // this layout may have other hooks
 	time.Sleep(200 * time.Millisecond)
-	if out := e.Run(t, e.V2, "upgrade"); !strings.Contains(out, "already has layout 2") {
+	if out := e.Run(t, e.V2, "upgrade"); !strings.Contains(out, fmt.Sprintf("already has layout %d", state.LayoutVersion)) {
 		t.Errorf("a third run: %s", out)
 	}
 	counts := e.StopLoad(t)
@@ -106,7 +124,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		t.Errorf("layout after: %+v %v", l, err)
 	}
 	// The layout-1 tool refuses the new state instead of misreading it.
-	if out, err := e.Try(e.V1, nil, "status"); err == nil || !strings.Contains(out, "state from another version") {
+	if out, err := e.Try(e.V1, nil, "status"); err == nil || !strings.Contains(out, refused) {
 		t.Errorf("the layout-1 tool on the upgraded state: %v\n%s", err, out)
 	}
 	// The new build works on it: detach and attach again.
