@@ -5,13 +5,14 @@
  *
  * Which attachment a packet belongs to: cgroup_skb programs run in softirq
  * or for whichever task happens to send, so the current task's cgroup says
- * nothing. The socket does: sock_create (marks.h) records the key that
- * current_policy() returned for the creating task in the socket's local
- * storage, so the key is whatever current_policy() keys by (cgroup id
- * today, or anything else later), and accepted TCP sockets inherit it from
- * their listener (BPF_F_CLONE). Sockets created before the attachment have
- * no storage; for them the socket's cgroup and its ancestors are looked up
- * in the policies map, once, and the result is stored.
+ * nothing. The socket does: its cgroup (the creating task's; an accepted
+ * TCP socket has its listener's) is looked up in the policies map. A
+ * socket whose policy needs storage anyway (marks, priority, DSCP; the
+ * namespace copy) gets the key that current_policy() returned for the
+ * creating task there at sock_create (marks.h), and accepted TCP sockets
+ * inherit it from their listener (BPF_F_CLONE). A socket of a cgroup
+ * nested below the attached one stores what the ancestor walk found at its
+ * first packet.
  *
  * The egress program also sets the policy's mark and priority on each
  * packet (see marks.h for why).
@@ -27,13 +28,16 @@
 #include "owners.h"
 #include "traffic.h"
 
-/* The attachment of a socket created before it, by the socket's cgroup:
- * the deepest attached ancestor, as current_policy() finds it. */
-static __always_inline bool skb_owner_by_cgroup(struct __sk_buff *skb, struct sock_owner *o)
+/* The attachment of a socket by the socket's cgroup: the deepest attached
+ * ancestor, as current_policy() finds it. *walked says whether it took
+ * more than the one lookup of the socket's own cgroup. */
+static __always_inline bool skb_owner_by_cgroup(struct __sk_buff *skb, struct sock_owner *o,
+						bool *walked)
 {
 	__u64 id = bpf_skb_cgroup_id(skb), key = id;
 	struct policy *p = bpf_map_lookup_elem(&policies, &id);
 
+	*walked = !p;
 	for (int level = 1; !p && level < MAX_CGROUP_DEPTH; level++) {
 		__u64 ancestor = bpf_skb_ancestor_cgroup_id(skb, level);
 		struct policy *ap;
@@ -53,21 +57,28 @@ static __always_inline bool skb_owner_by_cgroup(struct __sk_buff *skb, struct so
 }
 
 /* Fill *o for the packet; sk is its full socket, or NULL (a request or
- * timewait socket: its listener's cgroup decides). */
+ * timewait socket: its listener's cgroup decides). A socket without
+ * storage (most: marks.h creates it only when needed) is found by its
+ * cgroup, one lookup when the attachment is its own cgroup's; only a
+ * socket of a nested cgroup stores what the walk found, so that it walks
+ * once. */
 static __always_inline bool skb_owner(struct __sk_buff *skb, struct bpf_sock *sk,
 				      struct sock_owner *o)
 {
 	struct sock_owner *stored;
+	bool walked;
 
-	if (!sk)
-		return skb_owner_by_cgroup(skb, o);
-	stored = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
-	if (stored) {
-		*o = *stored;
-		return true;
+	if (sk) {
+		stored = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+		if (stored) {
+			*o = *stored;
+			return true;
+		}
 	}
-	if (!skb_owner_by_cgroup(skb, o))
+	if (!skb_owner_by_cgroup(skb, o, &walked))
 		return false;
+	if (!sk || !walked)
+		return true;
 	stored = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (stored)
 		*stored = *o;

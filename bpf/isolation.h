@@ -71,8 +71,6 @@ struct {
 	__type(value, struct sock_tag);
 } iso_socks SEC(".maps");
 
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-
 /* Is addr (16 bytes, v4-mapped for IPv4) an attachment's address in this
  * socket's network namespace? Callers ask only about addresses that are
  * not the container's own, so any owner is another attachment. */
@@ -247,49 +245,48 @@ static __always_inline bool isolation_source6(struct bpf_sock_addr *ctx, __u64 k
 	return is_any6(src) || address_allowed(ctx, p, src);
 }
 
-static __always_inline bool raw_denied(void)
-{
-	__u64 key;
-	struct policy *p = current_policy(&key);
-
-	return p && (p->flags & POLICY_HAS_ADDR) && !(p->flags & POLICY_ALLOW_RAW);
-}
-
 /* Raw IPv4/IPv6 sockets and ICMP datagram ("ping") sockets: they never pass
- * the bind hook. */
-SEC("cgroup/sock_create")
-int sock_create_isolation(struct bpf_sock *sk)
+ * the bind hook. Part of the one cgroup/sock_create program (portcullis.c),
+ * for a socket of a container with policy p. */
+static __always_inline bool isolation_socket_denied(const struct bpf_sock *sk,
+						    const struct policy *p)
 {
 	bool ping = sk->type == SOCK_DGRAM &&
 		    (sk->protocol == IPPROTO_ICMP || sk->protocol == IPPROTO_ICMPV6);
 
 	if (sk->type != SOCK_RAW && !ping)
-		return SYSCALL_ALLOW;
-	return raw_denied() ? SYSCALL_DENY : SYSCALL_ALLOW;
+		return false;
+	return (p->flags & POLICY_HAS_ADDR) && !(p->flags & POLICY_ALLOW_RAW);
+}
+
+/* Is this a setsockopt isolation cares about? The one cgroup/setsockopt
+ * program (portcullis.c) asks first, so every other option costs nothing
+ * more. */
+static __always_inline bool isolation_option(const struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (ctx->level != SOL_SOCKET || !sk)
+		return false;
+	return ctx->optname == SO_REUSEPORT ||
+	       (ctx->optname == SO_REUSEADDR && sk->protocol == IPPROTO_UDP);
 }
 
 /* A socket on shared loopback cannot turn SO_REUSEPORT (or, for UDP,
  * SO_REUSEADDR) back on after its bind cleared it. */
-SEC("cgroup/setsockopt")
-int setsockopt_isolation(struct bpf_sockopt *ctx)
+static __always_inline int isolation_setsockopt(struct bpf_sockopt *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct sock_tag *tag;
 	int *val;
 
-	if (ctx->level != SOL_SOCKET || !sk)
-		goto kernel;
-	if (ctx->optname != SO_REUSEPORT &&
-	    !(ctx->optname == SO_REUSEADDR && sk->protocol == IPPROTO_UDP))
-		goto kernel;
+	if (!sk)
+		return SYSCALL_ALLOW;
 	tag = bpf_sk_storage_get(&iso_socks, sk, 0, 0);
 	if (!tag || !(tag->flags & ISO_SHARED))
-		goto kernel;
+		return SYSCALL_ALLOW;
 	val = ctx->optval;
 	if ((void *)(val + 1) > ctx->optval_end || *val != 0)
 		return SYSCALL_DENY;
-kernel:
-	/* Let the kernel use the caller's buffer as it is. */
-	ctx->optlen = 0;
 	return SYSCALL_ALLOW;
 }

@@ -10,11 +10,17 @@
 #pragma once
 
 #include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 struct in6_addr___kernel {
 	union {
 		__u32 u6_addr32[4];
 	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct atomic64___kernel {
+	__s64 counter;
 } __attribute__((preserve_access_index));
 
 struct sock_common {
@@ -29,6 +35,7 @@ struct sock_common {
 	unsigned char skc_ipv6only : 1;
 	struct in6_addr___kernel skc_v6_daddr;
 	struct in6_addr___kernel skc_v6_rcv_saddr;
+	struct atomic64___kernel skc_cookie; /* 0 until someone asks for it */
 } __attribute__((preserve_access_index));
 
 struct kernfs_node {
@@ -80,3 +87,16 @@ struct bpf_iter__udp {
 #define TCP_SYN_SENT 2
 #define TCP_LISTEN 10
 #define TCP_CLOSE 7
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* Has the kernel made this socket's cookie yet? It makes it when first
+ * asked (bpf_get_socket_cookie, SO_COOKIE, sock_diag), so a socket without
+ * one is in no map keyed by cookie, and a hook can skip the lookups (and
+ * the cookie) for it. sk is a struct bpf_sock (a context or ctx->sk). */
+static __always_inline bool sock_cookie_made(const void *sk)
+{
+	struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
+
+	return BPF_CORE_READ(s, __sk_common.skc_cookie.counter) != 0;
+}

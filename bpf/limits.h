@@ -22,6 +22,7 @@
 #pragma once
 
 #include "common.h"
+#include "kernel.h"
 
 #define EAGAIN 11
 #define TCP_STATE_CLOSE 7 /* BPF_TCP_CLOSE */
@@ -202,23 +203,20 @@ refuse:
 	return SYSCALL_DENY;
 }
 
-SEC("cgroup/sock_release")
-int limits_sock_release(struct bpf_sock *sk)
-{
-	limits_release(bpf_get_socket_cookie(sk));
-	return SYSCALL_ALLOW;
-}
-
 /* A counted TCP socket asks for state callbacks when it sends its SYN, so
  * its slot is given back the moment the connection is over, even while the
- * application still holds the socket. */
-SEC("sockops")
-int limits_sockops(struct bpf_sock_ops *ops)
+ * application still holds the socket. Part of the one sockops program
+ * (portcullis.c); the slot of a closed socket is given back by the one
+ * cgroup/sock_release program (limits_release). */
+static __always_inline void limits_sockops(struct bpf_sock_ops *ops)
 {
 	__u64 cookie;
 
 	switch (ops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* limits_connect made the cookie of every counted socket */
+		if (!ops->sk || !sock_cookie_made(ops->sk))
+			break;
 		cookie = bpf_get_socket_cookie(ops);
 		if (bpf_map_lookup_elem(&conn_slots, &cookie))
 			bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
@@ -229,5 +227,4 @@ int limits_sockops(struct bpf_sock_ops *ops)
 			limits_release(bpf_get_socket_cookie(ops));
 		break;
 	}
-	return 1;
 }

@@ -33,25 +33,29 @@
 #define IP_TOS 1
 #define IPV6_TCLASS 67
 
-/* Every IPv4/IPv6 socket of an attached container: remember whose it is
- * (accounting.h) and apply the policy's mark and priority. */
-SEC("cgroup/sock_create")
-int sock_create_marks(struct bpf_sock *sk)
+/* Every IPv4/IPv6 socket of an attached container: apply the policy's
+ * mark and priority. Part of the one cgroup/sock_create program
+ * (portcullis.c). The socket gets its storage (accounting.h) here only when
+ * something needs it later: the DSCP-applied flag, the priority an
+ * accepted socket takes from its listener (sockops below), or, in the
+ * namespace copy, the key (a namespace's key cannot be told from the
+ * socket's cgroup). Other sockets are accounted by their cgroup; creating
+ * and freeing the storage of every socket cost about a microsecond each
+ * (docs/performance.md). */
+static __always_inline void marks_sock_create(struct bpf_sock *sk, __u64 key,
+					      const struct policy *p)
 {
-	__u64 key;
-	struct policy *p = current_policy(&key);
 	struct sock_owner *o;
 
-	if (!p)
-		return SYSCALL_ALLOW;
-	o = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (o)
-		owner_of_policy(o, key, p);
+	if (netns_copy || (p->flags & (POLICY_HAS_MARK | POLICY_HAS_PRIORITY | POLICY_HAS_DSCP))) {
+		o = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (o)
+			owner_of_policy(o, key, p);
+	}
 	if (p->flags & POLICY_HAS_MARK)
 		sk->mark = p->mark;
 	if (p->flags & POLICY_HAS_PRIORITY)
 		sk->priority = p->priority;
-	return SYSCALL_ALLOW;
 }
 
 /* Set the policy's DSCP on the socket of a bind, connect or sendmsg, once
@@ -81,25 +85,24 @@ static __always_inline void apply_dscp(struct bpf_sock_addr *ctx, const struct p
 
 /* A TCP socket accepted by a listener is a clone whose priority the kernel
  * does not keep, so it gets the policy's again once established. Its
- * storage (accounting.h) is cloned from the listener's. */
-SEC("sockops")
-int sockops_marks(struct bpf_sock_ops *ops)
+ * storage (accounting.h) is cloned from the listener's. Part of the one
+ * sockops program (portcullis.c). */
+static __always_inline void marks_sockops(struct bpf_sock_ops *ops)
 {
 	struct bpf_sock *sk;
 	struct sock_owner *o;
 	int prio;
 
 	if (ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
-		return 1;
+		return;
 	sk = ops->sk;
 	if (!sk)
-		return 1;
+		return;
 	o = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
 	if (!o || !(o->flags & OWNER_HAS_PRIORITY))
-		return 1;
+		return;
 	prio = o->priority;
 	bpf_setsockopt(ops, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio));
-	return 1;
 }
 
 /* The container may not undo its marks: with the policy setting them,
@@ -107,27 +110,16 @@ int sockops_marks(struct bpf_sock_ops *ops)
  * IPV6_TCLASS) fail with EPERM. A container with CAP_NET_RAW or
  * CAP_NET_ADMIN could otherwise step out of the filters that match its
  * mark, and any process could change its DSCP (and, through IP_TOS, its
- * priority). */
-SEC("cgroup/setsockopt")
-int setsockopt_marks(struct bpf_sockopt *ctx)
+ * priority). marks_option says which policy flag guards an option (0:
+ * none); the one cgroup/setsockopt program (portcullis.c) looks the policy
+ * up only for those. */
+static __always_inline __u32 marks_option(int level, int optname)
 {
-	struct policy *p;
-	__u64 key;
-	__u32 flag = 0;
-
-	if (ctx->level == SOL_SOCKET && ctx->optname == SO_MARK)
-		flag = POLICY_HAS_MARK;
-	else if (ctx->level == SOL_SOCKET && ctx->optname == SO_PRIORITY)
-		flag = POLICY_HAS_PRIORITY;
-	else if ((ctx->level == SOL_IP && ctx->optname == IP_TOS) ||
-		 (ctx->level == SOL_IPV6 && ctx->optname == IPV6_TCLASS))
-		flag = POLICY_HAS_DSCP;
-	/* Beyond a page the program sees only part of the value; 0 tells the
-	 * kernel to use the caller's buffer as it is. */
-	if (ctx->optlen > 4096)
-		ctx->optlen = 0;
-	if (!flag)
-		return 1;
-	p = current_policy(&key);
-	return p && (p->flags & flag) ? 0 : 1;
+	if (level == SOL_SOCKET && optname == SO_MARK)
+		return POLICY_HAS_MARK;
+	if (level == SOL_SOCKET && optname == SO_PRIORITY)
+		return POLICY_HAS_PRIORITY;
+	if ((level == SOL_IP && optname == IP_TOS) || (level == SOL_IPV6 && optname == IPV6_TCLASS))
+		return POLICY_HAS_DSCP;
+	return 0;
 }

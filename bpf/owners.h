@@ -3,8 +3,12 @@
  *
  * cgroup/sock_create (marks.h) records the key current_policy() returned
  * for the creating task (a cgroup id, or NetNSKey | a namespace cookie for
- * a namespace-keyed attachment); accepted TCP sockets inherit it from
- * their listener (BPF_F_CLONE). The accounting programs (accounting.h)
+ * a namespace-keyed attachment) when something needs it: always in the
+ * namespace copy, else only for a policy with a mark, priority or DSCP
+ * (creating it for every socket cost a microsecond a socket). A socket
+ * without storage belongs to its cgroup's attachment, which the readers
+ * look up. Accepted TCP sockets inherit it from their listener
+ * (BPF_F_CLONE). The accounting programs (accounting.h)
  * count a packet under it, and the socket iterators (sockiter.h) count a
  * destroyed socket under it.
  *

@@ -313,8 +313,7 @@ static __always_inline void pin_source6(struct bpf_sock_addr *ctx, const struct 
 	bpf_bind(ctx, (struct sockaddr *)&sin6, sizeof(sin6));
 }
 
-SEC("cgroup/connect4")
-int connect4(struct bpf_sock_addr *ctx)
+static __always_inline int policy_connect4(struct bpf_sock_addr *ctx)
 {
 	__u64 cgroup_id;
 	struct policy *p = current_policy(&cgroup_id);
@@ -345,8 +344,7 @@ int connect4(struct bpf_sock_addr *ctx)
 	return SYSCALL_ALLOW;
 }
 
-SEC("cgroup/connect6")
-int connect6(struct bpf_sock_addr *ctx)
+static __always_inline int policy_connect6(struct bpf_sock_addr *ctx)
 {
 	__u64 cgroup_id;
 	struct policy *p = current_policy(&cgroup_id);
@@ -378,6 +376,93 @@ int connect6(struct bpf_sock_addr *ctx)
 	dst[3] = ctx->user_ip6[3];
 	pin_source6(ctx, p, dst);
 	return SYSCALL_ALLOW;
+}
+
+/* One program per hook: each program a cgroup runs costs its dispatch
+ * (and, for sock_release, a socket cookie) on top of what it does, on
+ * every socket of the container (docs/performance.md). So the capabilities'
+ * parts of a hook are functions in their headers, called from here in a
+ * fixed order. */
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	if (policy_connect4(ctx) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	return publish_connect4(ctx);
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	if (policy_connect6(ctx) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	return publish_connect6(ctx);
+}
+
+SEC("cgroup/sock_create")
+int sock_create(struct bpf_sock *sk)
+{
+	__u64 key;
+	struct policy *p = current_policy(&key);
+
+	if (!p)
+		return SYSCALL_ALLOW;
+	if (isolation_socket_denied(sk, p))
+		return SYSCALL_DENY;
+	marks_sock_create(sk, key, p);
+	return SYSCALL_ALLOW;
+}
+
+/* Not the task's policy: a socket may be closed by another process.
+ * Everything a socket can leave behind (its registration, reverse
+ * translation, connection slot) is keyed by its cookie, which the kernel
+ * makes only when first asked: a socket without one has nothing to give
+ * back, and its release costs no lookup. */
+SEC("cgroup/sock_release")
+int sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie;
+
+	if (!sock_cookie_made(sk))
+		return SYSCALL_ALLOW;
+	cookie = bpf_get_socket_cookie(sk);
+	services_sock_release(cookie);
+	limits_release(cookie);
+	return SYSCALL_ALLOW;
+}
+
+SEC("sockops")
+int sock_ops(struct bpf_sock_ops *ops)
+{
+	limits_sockops(ops);
+	marks_sockops(ops);
+	services_sockops(ops);
+	return 1;
+}
+
+/* Runs for every setsockopt(2) of the container: an option neither marks
+ * nor isolation guards costs two compares. */
+SEC("cgroup/setsockopt")
+int setsockopt(struct bpf_sockopt *ctx)
+{
+	int verdict = SYSCALL_ALLOW;
+	__u32 flag = marks_option(ctx->level, ctx->optname);
+	struct policy *p;
+	__u64 key;
+
+	if (flag) {
+		p = current_policy(&key);
+		if (p && (p->flags & flag))
+			verdict = SYSCALL_DENY;
+	} else if (isolation_option(ctx)) {
+		verdict = isolation_setsockopt(ctx);
+	}
+	/* The program never changes the value: 0 tells the kernel to use the
+	 * caller's buffer as it is (beyond a page the program would see only
+	 * part of it, and any other length would be taken as a new value). */
+	ctx->optlen = 0;
+	return verdict;
 }
 
 /* Unconnected UDP: each datagram's source is set to the container's

@@ -99,8 +99,9 @@ static __always_inline void publish_remember(struct bpf_sock_addr *ctx, const __
 	remember_peer(ctx, &pk, dst, port);
 }
 
-SEC("cgroup/connect4")
-int publish_connect4(struct bpf_sock_addr *ctx)
+/* Part of the one cgroup/connect4 program (portcullis.c), after the
+ * container's own rules. */
+static __always_inline int publish_connect4(struct bpf_sock_addr *ctx)
 {
 	__u32 dst[4] = {0, 0, bpf_htonl(0x0000ffff), ctx->user_ip4};
 	__u16 port = bpf_ntohs(ctx->user_port);
@@ -114,8 +115,7 @@ int publish_connect4(struct bpf_sock_addr *ctx)
 	return SYSCALL_ALLOW;
 }
 
-SEC("cgroup/connect6")
-int publish_connect6(struct bpf_sock_addr *ctx)
+static __always_inline int publish_connect6(struct bpf_sock_addr *ctx)
 {
 	__u16 port = bpf_ntohs(ctx->user_port);
 	struct publication pub;

@@ -6,9 +6,13 @@
  * Who writes what:
  * - the control plane (pkg/services) writes frontends, the per-service
  *   backend count and the backend slots;
- * - post_bind4/6 and sock_release write the registry (every bound socket of
- *   an attached container) and its index by (cgroup, port, protocol,
- *   family), which is what makes a "provides" backend live;
+ * - post_bind4/6 (UDP: every bound socket), the sockops listen callback
+ *   (TCP: every listening socket) and sock_release write the registry of
+ *   an attached container's sockets and its index by (cgroup, port,
+ *   protocol, family), which is what makes a "provides" backend live. A
+ *   TCP socket is registered when it listens, not when it binds: only a
+ *   listener can be a backend, and registering (and, at close, deleting)
+ *   every bound socket doubled the cost of a client's bind;
  * - connect4/6 and sendmsg4/6 write the reverse entries they read back in
  *   getpeername4/6 and recvmsg4/6.
  *
@@ -221,19 +225,21 @@ static __always_inline void copy6(__u32 dst[4], const __u32 src[4])
 
 /* ---- port registry ---- */
 
-static __always_inline void register_socket(struct bpf_sock *sk, __u32 addr[4], __u8 family)
+static __always_inline void register_socket(__u64 cookie, struct bpf_sock *sk, __u32 addr[4],
+					    __u8 family)
 {
-	__u64 cgroup_id, cookie;
 	struct registration reg = {};
+	__u64 cgroup_id;
 	struct listener_key lk = {};
 	struct listener *l, nl = {};
 	long err;
 
 	if (!current_policy(&cgroup_id))
 		return;
-	if (sk->protocol != IPPROTO_TCP && sk->protocol != IPPROTO_UDP)
+	/* Once per socket: a TCP socket can listen again after a shutdown,
+	 * and nested attachments run the hook twice. */
+	if (bpf_map_lookup_elem(&svc_registry, &cookie))
 		return;
-	cookie = bpf_get_socket_cookie(sk);
 	reg.cgroup_id = cgroup_id;
 	reg.bound_ns = bpf_ktime_get_boot_ns();
 	copy6(reg.addr, addr);
@@ -279,7 +285,8 @@ int post_bind4(struct bpf_sock *sk)
 {
 	__u32 addr[4] = {0, 0, bpf_htonl(0x0000ffff), sk->src_ip4};
 
-	register_socket(sk, addr, 4);
+	if (sk->protocol == IPPROTO_UDP)
+		register_socket(bpf_get_socket_cookie(sk), sk, addr, 4);
 	return SYSCALL_ALLOW;
 }
 
@@ -288,26 +295,56 @@ int post_bind6(struct bpf_sock *sk)
 {
 	__u32 addr[4];
 
+	if (sk->protocol != IPPROTO_UDP)
+		return SYSCALL_ALLOW;
 	addr[0] = sk->src_ip6[0];
 	addr[1] = sk->src_ip6[1];
 	addr[2] = sk->src_ip6[2];
 	addr[3] = sk->src_ip6[3];
-	register_socket(sk, addr, is_v4mapped(addr) ? 4 : 6);
+	register_socket(bpf_get_socket_cookie(sk), sk, addr, is_v4mapped(addr) ? 4 : 6);
 	return SYSCALL_ALLOW;
 }
 
-SEC("cgroup/sock_release")
-int sock_release(struct bpf_sock *sk)
+/* A TCP socket is registered when it starts listening (the callback runs
+ * for every listen(2), unasked, in the listening task). Part of the one
+ * sockops program (portcullis.c). */
+static __always_inline void services_sockops(struct bpf_sock_ops *ops)
 {
-	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct bpf_sock *sk;
+	__u32 addr[4] = {};
+
+	if (ops->op != BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return;
+	sk = ops->sk;
+	if (!sk)
+		return;
+	if (sk->family == AF_INET) {
+		addr[2] = bpf_htonl(0x0000ffff);
+		addr[3] = sk->src_ip4;
+	} else {
+		addr[0] = sk->src_ip6[0];
+		addr[1] = sk->src_ip6[1];
+		addr[2] = sk->src_ip6[2];
+		addr[3] = sk->src_ip6[3];
+	}
+	register_socket(bpf_get_socket_cookie(ops), sk, addr, is_v4mapped(addr) ? 4 : 6);
+}
+
+/* What a closed socket leaves in the services' maps: its reverse
+ * translation and its registration. Part of the one cgroup/sock_release
+ * program (portcullis.c). Lookups first: most sockets have neither, and a
+ * lookup takes no lock where a delete does. */
+static __always_inline void services_sock_release(__u64 cookie)
+{
 	struct registration *reg;
 	struct listener_key lk = {};
 	struct listener *l;
 
-	bpf_map_delete_elem(&svc_peers, &cookie);
+	if (bpf_map_lookup_elem(&svc_peers, &cookie))
+		bpf_map_delete_elem(&svc_peers, &cookie);
 	reg = bpf_map_lookup_elem(&svc_registry, &cookie);
 	if (!reg)
-		return SYSCALL_ALLOW;
+		return;
 	lk.cgroup_id = reg->cgroup_id;
 	lk.port = reg->port;
 	lk.protocol = reg->protocol;
@@ -322,7 +359,6 @@ int sock_release(struct bpf_sock *sk)
 			bpf_map_delete_elem(&svc_listeners, &lk);
 	}
 	bpf_map_delete_elem(&svc_registry, &cookie);
-	return SYSCALL_ALLOW;
 }
 
 /* ---- resolution ---- */

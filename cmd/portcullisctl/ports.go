@@ -23,7 +23,7 @@ var portsHeader = []string{"ATTACHMENT", "PROTO", "ADDRESS", "COOKIE", "BOUND"}
 func newPortsCommand(opts *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "ports",
-		Short: "List every socket attached containers have bound (the post_bind port registry)",
+		Short: "List the listening TCP and bound UDP sockets of attached containers (the port registry)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withServices(opts, false, func(s *state.State, m *services.Maps, _ []services.Provider) error {

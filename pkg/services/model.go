@@ -1,13 +1,14 @@
 // Package services resolves service frontends to backends at connect time.
 // It owns the control-plane side of bpf/services.h: it writes each
 // service's frontends and backend slots, and reads the port registry that
-// the post_bind and sock_release programs keep.
+// the sockops (TCP listen), post_bind (UDP) and sock_release programs keep.
 //
 // A backend is either static (an address:port the operator gave) or a
 // provider: an attached container whose policy says it provides the
 // service on a port. A provider's slot names its cgroup and port; the
 // kernel picks it only while the registry shows a socket of that cgroup
-// bound to that port, and connects to the address the socket is bound to.
+// listening (TCP) or bound (UDP) on that port, and connects to the
+// address the socket is bound to.
 package services
 
 import (

@@ -10,8 +10,8 @@ import (
 	"github.com/portcullis-net/portcullis/pkg/policy"
 )
 
-// Listener is one bound socket of an attached container, as post_bind
-// recorded it.
+// Listener is one listening TCP or bound UDP socket of an attached
+// container, as the sockops listen callback or post_bind recorded it.
 type Listener struct {
 	Cookie   uint64          `json:"cookie"`
 	CgroupID uint64          `json:"cgroupId"`
@@ -20,7 +20,7 @@ type Listener struct {
 	BoundAt  time.Time       `json:"boundAt"`
 }
 
-// Registry lists the bound sockets, sorted by cgroup, protocol and port.
+// Registry lists the registered sockets, sorted by cgroup, protocol and port.
 func (m *Maps) Registry() ([]Listener, error) {
 	// bound_ns is CLOCK_BOOTTIME; wall time is now minus its age.
 	var ts unix.Timespec
