@@ -24,7 +24,9 @@ import (
 //	   layout 1 need: they refuse a newer state instead of misreading it);
 //	   512-byte record heads and 1 KiB chunks; limits and iso_owners not
 //	   preallocated; netns-traffic/ for pods; termination shares
-//	   sock_owners and the decision counters
+//	   sock_owners and the decision counters; one program per hook
+//	   (sock_create, sock_release, sock_ops, setsockopt, connect4/6
+//	   replace the capabilities' own programs there)
 const LayoutVersion = 2
 
 // layoutMapName holds the layout version of the state and the build that
