@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,25 +16,180 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/netnstraffic"
 	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/stats"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
 var (
 	acctOnce    sync.Once
 	acctErr     error
-	acctResults struct {
-		plain, accounted float64 // Gbit/s
-		nsPerRun         float64 // cgroup_skb programs, per invocation
-		runs             uint64
-	}
+	acctResults acctStream
 )
+
+// acctStream are the figures of one with/without stream benchmark.
+type acctStream struct {
+	plain, accounted float64 // Gbit/s, medians of the rounds
+	ratio            float64 // median of the rounds' accounted/plain
+	minRatio         float64
+	maxRatio         float64
+	nsPerRun         float64 // the programs, per invocation (one skb)
+	nsPerPacket      float64 // the same time over the packets counted (GSO segments)
+	runs             uint64
+}
+
+// Rounds and seconds of the stream benchmarks: each round runs both sides
+// once, in alternating order (plain first in even rounds, accounted first
+// in odd ones), so a drift of the machine's load over the run weighs on
+// both alike; the ratio of each round is taken and the median of those is
+// reported with the smallest and largest.
+const (
+	streamRounds = 9
+	streamSecs   = 3
+)
+
+func medianOf(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// interleave runs plain and accounted streamRounds times each, in
+// alternating order, and fills the throughput and ratio figures of r.
+func interleave(r *acctStream, plain, accounted func() (float64, error)) error {
+	var ps, as, ratios []float64
+	for i := 0; i < streamRounds; i++ {
+		order := []func() (float64, error){plain, accounted}
+		if i%2 == 1 {
+			order = []func() (float64, error){accounted, plain}
+		}
+		var got [2]float64
+		for j, run := range order {
+			g, err := run()
+			if err != nil {
+				return err
+			}
+			got[j] = g
+		}
+		p, a := got[0], got[1]
+		if i%2 == 1 {
+			p, a = got[1], got[0]
+		}
+		if p <= 0 {
+			return fmt.Errorf("round %d: unattached stream measured %v Gbit/s", i, p)
+		}
+		ps, as, ratios = append(ps, p), append(as, a), append(ratios, a/p)
+	}
+	r.plain, r.accounted, r.ratio = medianOf(ps), medianOf(as), medianOf(ratios)
+	sorted := append([]float64(nil), ratios...)
+	sort.Float64s(sorted)
+	r.minRatio, r.maxRatio = sorted[0], sorted[len(sorted)-1]
+	return nil
+}
+
+// programCost runs one more accounted stream with BPF run-time statistics
+// on (BPF_ENABLE_STATS times every program run, so it stays off for the
+// throughput rounds) and fills the per-invocation and per-packet cost of
+// progs in r; packets reads the packets the programs counted so far.
+func programCost(r *acctStream, progs []*ebpf.Program, packets func() (uint64, error), run func() (float64, error)) error {
+	stats := func() (runtime time.Duration, runs uint64) {
+		for _, p := range progs {
+			info, err := p.Stats()
+			if err == nil {
+				runtime += info.Runtime
+				runs += info.RunCount
+			}
+		}
+		return
+	}
+	enabled, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("BPF_ENABLE_STATS: %w", err)
+	}
+	rt0, n0 := stats()
+	p0, err := packets()
+	if err != nil {
+		enabled.Close()
+		return err
+	}
+	_, err = run()
+	rt1, n1 := stats()
+	enabled.Close()
+	if err != nil {
+		return err
+	}
+	p1, err := packets()
+	if err != nil {
+		return err
+	}
+	runtime, runs := rt1-rt0, n1-n0
+	r.runs = runs
+	if runs > 0 {
+		r.nsPerRun = float64(runtime.Nanoseconds()) / float64(runs)
+	}
+	if p1 > p0 {
+		r.nsPerPacket = float64(runtime.Nanoseconds()) / float64(p1-p0)
+	}
+	return nil
+}
+
+// countedPackets sums the packets, both ways, in the counters of id.
+func countedPackets(dir, id string) func() (uint64, error) {
+	return func() (uint64, error) {
+		s, err := state.Open(dir, false)
+		if err != nil {
+			return 0, err
+		}
+		defer s.Close()
+		a, err := s.Get(id)
+		if err != nil {
+			return 0, err
+		}
+		m, err := stats.Open(dir)
+		if err != nil {
+			return 0, err
+		}
+		defer m.Close()
+		c, err := m.Of(a)
+		if err != nil {
+			return 0, err
+		}
+		in, _ := c.Total("ingress")
+		out, _ := c.Total("egress")
+		return in + out, nil
+	}
+}
+
+func (r *acctStream) report(b *testing.B, programs string) {
+	b.ReportMetric(r.plain, "Gbit/s-unattached")
+	b.ReportMetric(r.accounted, "Gbit/s-accounted")
+	b.ReportMetric(r.ratio, "ratio-median")
+	b.ReportMetric(r.minRatio, "ratio-min")
+	b.ReportMetric(r.maxRatio, "ratio-max")
+	b.ReportMetric(r.nsPerRun, "ns/skb-"+programs)
+	b.ReportMetric(r.nsPerPacket, "ns/packet-"+programs)
+	b.ReportMetric(float64(r.runs), "skbs-counted")
+}
 
 // iperfGbits runs one iperf3 client in cg for secs seconds against port on
 // 127.0.0.1 and returns the received throughput.
 func iperfGbits(b *testing.B, iperf string, cg cgroup.Cgroup, port, secs int) (float64, error) {
-	p := testenv.Start(b, cg, exec.Command(iperf, "-c", "127.0.0.1", "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-J"))
+	return iperfFrom(b, iperf, cg, nil, "127.0.0.1", port, secs)
+}
+
+// iperfFrom runs one iperf3 client in cg and netns (nil: the caller's)
+// for secs seconds (after one omitted second of slow start) against
+// addr:port and returns the received throughput.
+func iperfFrom(b *testing.B, iperf string, cg cgroup.Cgroup, netns *testenv.NetNS, addr string, port, secs int) (float64, error) {
+	p := testenv.Start(b, cg, netns.Command(iperf, "-c", addr, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-O", "1", "-J"))
 	var report struct {
 		End struct {
 			SumReceived struct {
@@ -51,15 +207,15 @@ func iperfGbits(b *testing.B, iperf string, cg cgroup.Cgroup, port, secs int) (f
 // BenchmarkAccountingStream: one TCP stream (iperf3 to a server on
 // loopback in the host's cgroup) from an attached container, whose
 // cgroup_skb programs count every packet, versus from a cgroup with no
-// programs, alternating 2-second runs in one run.
-// An extra accounted run with BPF run-time statistics on (BPF_ENABLE_STATS,
-// only while the benchmark holds the fd) gives the programs' cost per
-// invocation: one per skb, and with GSO/GRO an skb holds several packets.
-// It measures once, whatever b.N is.
+// programs, interleaved over streamRounds rounds in one run; the median
+// of the rounds' ratios is reported. An extra accounted run with BPF
+// run-time statistics on gives the programs' cost per invocation (one per
+// skb; with GSO/GRO an skb holds several packets) and per packet. It
+// measures once, whatever b.N is.
 func BenchmarkAccountingStream(b *testing.B) {
 	iperf := testenv.RequireCommand(b, "iperf3", "iperf3")
 	acctOnce.Do(func() {
-		const port, rounds, secs = 14201, 3, 2
+		const port = 14201
 		srv := exec.Command(iperf, "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
 		if acctErr = srv.Start(); acctErr != nil {
 			return
@@ -90,57 +246,94 @@ func BenchmarkAccountingStream(b *testing.B) {
 			defer p.Close()
 			progs = append(progs, p)
 		}
-		stats := func() (runtime time.Duration, runs uint64) {
-			for _, p := range progs {
-				info, err := p.Stats()
-				if err == nil {
-					runtime += info.Runtime
-					runs += info.RunCount
-				}
-			}
+		runPlain := func() (float64, error) { return iperfGbits(b, iperf, plain, port, streamSecs) }
+		runAccounted := func() (float64, error) { return iperfGbits(b, iperf, accounted, port, streamSecs) }
+		if acctErr = interleave(&acctResults, runPlain, runAccounted); acctErr != nil {
 			return
 		}
-		// Throughput alternates plain and accounted runs without the
-		// statistics (they time every program run); one more accounted
-		// run with them on gives the cost per invocation.
-		for i := 0; i < rounds; i++ {
-			for _, side := range []struct {
-				cg  cgroup.Cgroup
-				sum *float64
-			}{{plain, &acctResults.plain}, {accounted, &acctResults.accounted}} {
-				g, err := iperfGbits(b, iperf, side.cg, port, secs)
-				if err != nil {
-					acctErr = err
-					return
-				}
-				*side.sum += g / rounds
-			}
-		}
-		enabled, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-		if err != nil {
-			acctErr = fmt.Errorf("BPF_ENABLE_STATS: %w", err)
-			return
-		}
-		rt0, n0 := stats()
-		_, err = iperfGbits(b, iperf, accounted, port, secs)
-		rt1, n1 := stats()
-		enabled.Close()
-		if err != nil {
-			acctErr = err
-			return
-		}
-		runtime, runs := rt1-rt0, n1-n0
-		acctResults.runs = runs
-		if runs > 0 {
-			acctResults.nsPerRun = float64(runtime.Nanoseconds()) / float64(runs)
-		}
+		acctErr = programCost(&acctResults, progs, countedPackets(dir, "acct"), runAccounted)
 	})
 	if acctErr != nil {
 		b.Fatal(acctErr)
 	}
-	b.ReportMetric(acctResults.plain, "Gbit/s-unattached")
-	b.ReportMetric(acctResults.accounted, "Gbit/s-accounted")
-	b.ReportMetric(acctResults.accounted/acctResults.plain, "ratio")
-	b.ReportMetric(acctResults.nsPerRun, "ns/skb-cgroup_skb")
-	b.ReportMetric(float64(acctResults.runs), "skbs-counted")
+	acctResults.report(b, "cgroup_skb")
+}
+
+var (
+	podAcctOnce    sync.Once
+	podAcctErr     error
+	podAcctResults acctStream
+)
+
+// BenchmarkPodAccountingStream: the same for a pod keyed by its network
+// namespace, whose traffic the tcx programs on its interfaces count
+// (pkg/netnstraffic): one TCP stream from the pod over a veth to an iperf3
+// server in a second namespace, versus the same from an identical pair of
+// namespaces without an attachment, interleaved; then the tcx programs'
+// cost per skb and per packet. Host packets never run these programs.
+func BenchmarkPodAccountingStream(b *testing.B) {
+	iperf := testenv.RequireCommand(b, "iperf3", "iperf3")
+	podAcctOnce.Do(func() {
+		const port = 14202
+		dir := testenv.StateDir(b)
+		parent := testenv.Cgroup(b, "bench-pods")
+		clients := testenv.ChildCgroup(b, parent, "clients")
+		type pair struct {
+			pod, srv *testenv.NetNS
+			addr     string
+		}
+		var pairs [2]pair
+		for i := range pairs {
+			p := pair{pod: testenv.NewNetNS(b), srv: testenv.NewNetNS(b), addr: fmt.Sprintf("10.213.%d.2", 80+i)}
+			a, z := "pcb"+testenv.Suffix(), "pcb"+testenv.Suffix()
+			testenv.Run(b, "ip", "link", "add", a, "netns", p.pod.Name, "type", "veth", "peer", "name", z, "netns", p.srv.Name)
+			p.pod.IP(b, "addr", "add", fmt.Sprintf("10.213.%d.1/30", 80+i), "dev", a)
+			p.srv.IP(b, "addr", "add", p.addr+"/30", "dev", z)
+			p.pod.IP(b, "link", "set", a, "up")
+			p.srv.IP(b, "link", "set", z, "up")
+			srv := p.srv.Command(iperf, "-s", "-B", p.addr, "-p", strconv.Itoa(port))
+			if podAcctErr = srv.Start(); podAcctErr != nil {
+				return
+			}
+			defer func() { srv.Process.Kill(); srv.Wait() }()
+			pairs[i] = p
+		}
+		time.Sleep(300 * time.Millisecond)
+		s, err := state.OpenOrLoad(dir)
+		if err != nil {
+			podAcctErr = err
+			return
+		}
+		_, err = s.Attach(state.AttachRequest{ID: "pod", Policy: &policy.Policy{}, NetNS: pairs[1].pod.Path, KeyByNetNS: true, NetNSCgroup: parent.Path})
+		s.Close()
+		if err != nil {
+			podAcctErr = err
+			return
+		}
+		if n, err := netnstraffic.Attached(dir, pairs[1].pod.Path); err != nil || n == 0 {
+			podAcctErr = fmt.Errorf("tcx programs in the pod: %d, %v", n, err)
+			return
+		}
+		var progs []*ebpf.Program
+		for _, name := range []string{bpfobj.NetnsTrafficProgNetnsTrafficIngress, bpfobj.NetnsTrafficProgNetnsTrafficEgress} {
+			p, err := ebpf.LoadPinnedProgram(filepath.Join(netnstraffic.Dir(dir), "progs", name), nil)
+			if err != nil {
+				podAcctErr = err
+				return
+			}
+			defer p.Close()
+			progs = append(progs, p)
+		}
+		run := func(p pair) func() (float64, error) {
+			return func() (float64, error) { return iperfFrom(b, iperf, clients, p.pod, p.addr, port, streamSecs) }
+		}
+		if podAcctErr = interleave(&podAcctResults, run(pairs[0]), run(pairs[1])); podAcctErr != nil {
+			return
+		}
+		podAcctErr = programCost(&podAcctResults, progs, countedPackets(dir, "pod"), run(pairs[1]))
+	})
+	if podAcctErr != nil {
+		b.Fatal(podAcctErr)
+	}
+	podAcctResults.report(b, "tcx")
 }

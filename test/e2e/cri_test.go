@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/netnstraffic"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/pkg/stats"
 	"github.com/portcullis-net/portcullis/test/crienv"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
@@ -191,6 +193,35 @@ func (e *criEnv) requireClean() {
 	if links, _ := filepath.Glob(filepath.Join(e.stateDir, "netns", "links", "*")); len(links) != 0 {
 		e.t.Fatalf("namespace links left on the cgroup root: %v", links)
 	}
+	if links, _ := filepath.Glob(filepath.Join(netnstraffic.Dir(e.stateDir), "links", "*")); len(links) != 0 {
+		e.t.Fatalf("traffic counting links left: %v", links)
+	}
+}
+
+// podCounters is one attachment's line of portcullisctl stats -o json.
+type podCounters struct{ stats.Attachment }
+
+func (a podCounters) cell(direction, protocol string) stats.Counter {
+	for _, c := range a.Traffic {
+		if c.Direction == direction && c.Family == "ipv4" && c.Protocol == protocol {
+			return c
+		}
+	}
+	return stats.Counter{}
+}
+
+// podTraffic is what portcullisctl stats -o json shows for attachment id.
+func podTraffic(t *testing.T, stateDir, id string) podCounters {
+	t.Helper()
+	out, err := exec.Command(testenv.Binary(t, "./cmd/portcullisctl"), "stats", "--state-dir", stateDir, "--id", id, "-o", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("portcullisctl stats: %v\n%s", err, out)
+	}
+	var list []stats.Attachment
+	if err := json.Unmarshal(out, &list); err != nil || len(list) != 1 {
+		t.Fatalf("portcullisctl stats -o json: %v\n%s", err, out)
+	}
+	return podCounters{list[0]}
 }
 
 // TestCRIPod: a pod through containerd 1.6's CRI plugin starts with
@@ -219,6 +250,13 @@ func TestCRIPod(t *testing.T) {
 	out, _ := e.host.Command(e.probe, "connect", "-addr", ip+":"+criPort).Output()
 	if r := testenv.ParseProbe(t, strings.TrimSpace(string(out))); !r.OK || r.Reply != "app" {
 		t.Fatalf("connect from the host to %s:%s: %+v", ip, criPort, r)
+	}
+	// The pod's traffic is counted (tcx programs in its namespace): the
+	// host's connection came in, and the reply went out.
+	a := podTraffic(t, e.stateDir, list[0].ID)
+	rcvd, sent := a.cell("ingress", "tcp"), a.cell("egress", "tcp")
+	if rcvd.Packets < 2 || sent.Packets < 2 || sent.Bytes < 4+2*40 {
+		t.Fatalf("pod %s after one connection: ipv4 tcp received %+v, sent %+v; want at least the handshake and the reply", list[0].ID, rcvd, sent)
 	}
 	// A process exec'd into it: EPERM outside allowedPorts.
 	if out := p.execFails(app, "/bin/nc", "-l", "-p", criDenied); !strings.Contains(out, "bind: Operation not permitted") {
