@@ -17,6 +17,12 @@
  * The egress program also sets the policy's mark and priority on each
  * packet (see marks.h for why).
  *
+ * The same programs, in the copy loaded with netns_copy = 1 (netns.h),
+ * run on the common ancestor cgroup of namespace-keyed attachments (pods
+ * through the CRI): there they count only the sockets sock_create recorded
+ * for such an attachment, whatever their cgroup, and a host packet costs
+ * one socket-storage lookup that misses.
+ *
  * Counters are per-CPU entries created by pkg/state at attach time; the
  * programs never allocate an entry. Bytes are skb->len at the network
  * layer (IP header included); packets count GSO/GRO segments.
@@ -26,6 +32,7 @@
 #pragma once
 
 #include "owners.h"
+#include "netns.h"
 #include "traffic.h"
 
 /* The attachment of a socket by the socket's cgroup: the deepest attached
@@ -94,8 +101,24 @@ static __always_inline int account(struct __sk_buff *skb, __u32 direction)
 
 	if (sk)
 		sk = bpf_sk_fullsock(sk);
-	if (!skb_owner(skb, sk, &o))
+	if (netns_copy) {
+		/* On the common ancestor (netns.h), every packet of the host
+		 * runs this: only a socket that sock_create recorded as a
+		 * namespace-keyed attachment's counts, and anything else
+		 * costs one storage lookup that misses (no cgroup walk). */
+		struct sock_owner *stored;
+
+		if (!sk)
+			return SYSCALL_ALLOW;
+		stored = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+		if (!stored || !(stored->key & NETNS_KEY))
+			return SYSCALL_ALLOW;
+		o = *stored;
+	} else if (!skb_owner(skb, sk, &o) || (o.key & NETNS_KEY)) {
+		/* Not attached, or a namespace-keyed attachment's socket:
+		 * the copy on the common ancestor counts that one. */
 		return SYSCALL_ALLOW;
+	}
 	/* Packets the kernel sends for a socket without using its own
 	 * priority and mark (the SYN-ACK of a request socket) get them
 	 * here; for the others this changes nothing. */

@@ -99,6 +99,21 @@ static __always_inline void marks_sockops(struct bpf_sock_ops *ops)
 	if (!sk)
 		return;
 	o = bpf_sk_storage_get(&sock_owners, sk, 0, 0);
+	if (!o && netns_copy) {
+		/* Not cloned from the listener: a namespace-keyed pod's
+		 * accepted socket is recorded here, by its namespace, so
+		 * that accounting (accounting.h) counts it. A host's
+		 * accepted connection pays this lookup once. */
+		__u64 key = NETNS_KEY | bpf_get_netns_cookie(ops);
+		struct policy *p = bpf_map_lookup_elem(&policies, &key);
+
+		if (!p)
+			return;
+		o = bpf_sk_storage_get(&sock_owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!o)
+			return;
+		owner_of_policy(o, key, p);
+	}
 	if (!o || !(o->flags & OWNER_HAS_PRIORITY))
 		return;
 	prio = o->priority;

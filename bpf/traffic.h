@@ -5,10 +5,8 @@
  * creates each attachment's zeroed entry and deletes it at detach; the
  * programs only look up and add.
  *
- * Two kinds of program count into it: the cgroup_skb programs of a
- * cgroup-keyed attachment (accounting.h), and the tcx programs on the
- * interfaces of a namespace-keyed one (netns_traffic.c). pkg/stats reads
- * it the same way for both.
+ * The cgroup_skb programs of accounting.h count into it, for cgroup-keyed
+ * and namespace-keyed attachments alike; pkg/stats reads it.
  */
 #pragma once
 

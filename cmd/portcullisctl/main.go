@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	_ "github.com/portcullis-net/portcullis/pkg/netnstraffic" // namespace-keyed attachments' traffic counters follow attach and detach
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 

@@ -15,8 +15,7 @@ import (
 	"os"
 	"strings"
 
-	_ "github.com/portcullis-net/portcullis/pkg/dispatch"     // policies' dispatch bindings follow attach and detach
-	_ "github.com/portcullis-net/portcullis/pkg/netnstraffic" // namespace-keyed attachments' traffic counters follow attach and detach
+	_ "github.com/portcullis-net/portcullis/pkg/dispatch" // policies' dispatch bindings follow attach and detach
 	"github.com/portcullis-net/portcullis/pkg/ocihook"
 )
 

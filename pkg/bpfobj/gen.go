@@ -6,6 +6,5 @@ package bpfobj
 
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -type policy -type portmap_key -type attachment_id -type record -type egress_key -type egress_match -type egress_rule -type egress_addr -type port_range -type group_bit -type member_key -type conn_limits -type conn_key -type owner_key -type traffic_counts -type decision_counts -type sock_owner -type publish_key -type publication Portcullis ../../bpf/portcullis.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -type term_target -type term_event Terminate ../../bpf/terminate.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel NetnsTraffic ../../bpf/netns_traffic.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel EgressTerminate ../../bpf/egress_terminate.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -type dispatch_key -type dispatch_binding -type dispatch_counters -type dispatch_dest -type dispatch_rule Dispatch ../../bpf/dispatch.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu

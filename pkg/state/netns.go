@@ -133,21 +133,12 @@ func (a *Attachment) NetNSAlive() bool {
 	return err == nil && NetNSKey|cookie == a.CgroupID
 }
 
-// netnsPrograms are the programs the namespace copy attaches: every
-// socket-call hook of the program table. cgroup_skb programs stay per
-// cgroup: on the common ancestor they would run for every packet of the
-// host.
+// netnsProgramList is the programs the namespace copy attaches: all of the
+// program table. Its cgroup_skb programs (bpf/accounting.h) count only
+// the sockets of namespace-keyed attachments; a host packet costs them one
+// socket-storage lookup that misses.
 func (s *State) netnsProgramList() ([]cgroupProgram, error) {
-	all, err := s.cgroupPrograms()
-	var list []cgroupProgram
-	for _, p := range all {
-		switch p.attach {
-		case ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetEgress:
-		default:
-			list = append(list, p)
-		}
-	}
-	return list, err
+	return s.cgroupPrograms()
 }
 
 // ensureNetNSLinks loads the namespace copy of the programs (once per
@@ -166,17 +157,17 @@ func (s *State) ensureNetNSLinks(parent string) error {
 		return fmt.Errorf("namespace programs' cgroup: %w", err)
 	}
 	links := s.netnsDir("links")
+	list, err := s.netnsProgramList()
+	if err != nil {
+		return err
+	}
 	if attached, err := netnsLinksCgroup(links); err != nil {
 		return err
 	} else if attached != 0 {
 		if attached != cg.ID {
 			return fmt.Errorf("the namespace programs of %s are attached to another cgroup than %s: use the same netns cgroup for every network, or detach every namespace-keyed attachment first", s.dir, cg.Path)
 		}
-		return nil
-	}
-	list, err := s.netnsProgramList()
-	if err != nil {
-		return err
+		return s.completeNetNSLinks(list, links, cg.Path)
 	}
 	progs, err := s.netnsPrograms(list)
 	if err != nil {
@@ -208,6 +199,44 @@ func (s *State) ensureNetNSLinks(parent string) error {
 	if err := os.Rename(tmp, links); err != nil {
 		detachLinks(tmp)
 		return err
+	}
+	return nil
+}
+
+// completeNetNSLinks attaches the programs of list that have no link in
+// links yet: links made by a version of portcullis with fewer programs in
+// the namespace copy (before its cgroup_skb accounting) stay, and the new
+// programs join them.
+func (s *State) completeNetNSLinks(list []cgroupProgram, links, cgroupPath string) error {
+	var missing []cgroupProgram
+	for _, p := range list {
+		if _, err := os.Stat(filepath.Join(links, p.name)); errors.Is(err, os.ErrNotExist) {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	progs, err := s.netnsPrograms(list)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, p := range progs {
+			p.Close()
+		}
+	}()
+	for _, p := range missing {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: p.attach, Program: progs[p.name]})
+		if err != nil {
+			return fmt.Errorf("attach namespace program %s to %s: %w", p.name, cgroupPath, err)
+		}
+		err = l.Pin(filepath.Join(links, p.name))
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("pin namespace link %s: %w", p.name, err)
+		}
+		l.Close()
 	}
 	return nil
 }

@@ -152,3 +152,60 @@ func TestNetNSAttachRefusals(t *testing.T) {
 		t.Fatalf("namespace links folder after the last detach: %v", err)
 	}
 }
+
+// A state whose namespace links were made before the namespace copy had
+// its cgroup_skb programs (accounting) gets them with the next
+// namespace-keyed attach, next to the links it has, and the links verify.
+func TestNetNSLinksCompletedForOlderState(t *testing.T) {
+	w := newWorld(t)
+	parent := testenv.Cgroup(t, "pods-older")
+	if _, err := w.attachNetNS(t, "pod", containerPolicy, parent.Path); err != nil {
+		t.Fatal(err)
+	}
+	names := func() []string {
+		var out []string
+		for _, l := range netnsLinks(t, w.dir) {
+			out = append(out, filepath.Base(l))
+		}
+		return out
+	}
+	before := names()
+	// What an older state has: no accounting links.
+	for _, name := range []string{"account_ingress", "account_egress"} {
+		path := filepath.Join(w.dir, "netns", "links", name)
+		if _, err := os.Stat(path); err != nil {
+			t.Fatalf("namespace links %v: no %s", before, name)
+		}
+		testenv.Run(t, "bpftool", "link", "detach", "pinned", path)
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := testenv.Run(t, "bpftool", "cgroup", "show", parent.Path); strings.Contains(out, "account_") {
+		t.Fatalf("accounting still attached to %s:\n%s", parent.Path, out)
+	}
+	other := testenv.NewNetNS(t)
+	s, err := state.Open(w.dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Attach(state.AttachRequest{ID: "pod2", Policy: &policy.Policy{}, NetNS: other.Path, KeyByNetNS: true, NetNSCgroup: parent.Path}); err != nil {
+		t.Fatal(err)
+	}
+	if after := names(); strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Fatalf("namespace links %v after the attach, want %v", after, before)
+	}
+	if out := testenv.Run(t, "bpftool", "cgroup", "show", parent.Path); strings.Count(out, "account_") != 2 {
+		t.Fatalf("bpftool cgroup show %s: want both accounting programs once:\n%s", parent.Path, out)
+	}
+	for _, id := range []string{"pod", "pod2"} {
+		a, err := s.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.VerifyLinks(a); err != nil {
+			t.Fatalf("verify %s: %v", id, err)
+		}
+	}
+}

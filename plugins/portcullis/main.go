@@ -6,8 +6,7 @@ package main
 
 import (
 	"github.com/portcullis-net/portcullis/pkg/cni"
-	_ "github.com/portcullis-net/portcullis/pkg/dispatch"     // policies' dispatch bindings follow attach and detach
-	_ "github.com/portcullis-net/portcullis/pkg/netnstraffic" // namespace-keyed attachments' traffic counters follow attach and detach
+	_ "github.com/portcullis-net/portcullis/pkg/dispatch" // policies' dispatch bindings follow attach and detach
 )
 
 func main() {

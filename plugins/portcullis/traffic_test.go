@@ -3,18 +3,15 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/portcullis-net/portcullis/pkg/netnstraffic"
 	"github.com/portcullis-net/portcullis/pkg/stats"
 )
 
@@ -56,14 +53,14 @@ func in(t *testing.T, path string, fn func() error) {
 }
 
 // A pod attached through the CNI plugin (its own network namespace, a veth
-// to the bridge; keyed by its namespace, so its socket hooks are on the
-// cgroup v2 root) has traffic counters like a cgroup-attached container:
+// to the bridge; keyed by its namespace, so its socket hooks, and the
+// cgroup_skb programs that count its sockets' packets, are on the cgroup v2
+// root) has traffic counters like a cgroup-attached container:
 // it sends N bytes to and receives M bytes from a server in the bridge's
 // namespace over TCP, and stats show tx >= N and rx >= M within headers;
-// one UDP datagram each way counts exactly its IP length (the Ethernet
-// header is left out); loopback traffic inside the pod counts as sent and
-// received; a second pod's IPv4 counters stay at zero; DEL removes the
-// links.
+// one UDP datagram each way counts exactly its IP length; loopback
+// traffic inside the pod counts as sent and received; a second pod's
+// counters stay at zero; DEL removes the pod's counters.
 func TestPodTrafficCounters(t *testing.T) {
 	const n, m = 3 << 20, 1 << 20
 	c := newChain(t, "")
@@ -72,23 +69,11 @@ func TestPodTrafficCounters(t *testing.T) {
 	c.mustAdd(other)
 	podID, otherID := pod.attachmentID(), other.attachmentID()
 
-	if n, err := netnstraffic.Attached(c.stateDir, pod.ns.Path); err != nil || n != 4 {
-		t.Fatalf("programs attached in the pod's namespace: %d, %v; want 4", n, err)
-	}
-	// Both ways on every interface of the pod: lo and eth0.
-	for _, name := range []string{"lo", "eth0"} {
-		var index int
-		in(t, pod.ns.Path, func() error {
-			ifc, err := net.InterfaceByName(name)
-			if err == nil {
-				index = ifc.Index
-			}
-			return err
-		})
-		for _, way := range []string{"ingress", "egress"} {
-			if _, err := os.Stat(filepath.Join(netnstraffic.LinkDir(c.stateDir, podID), fmt.Sprintf("%d-%s", index, way))); err != nil {
-				t.Fatalf("%s link of %s: %v", way, name, err)
-			}
+	// The namespace copy's cgroup_skb programs are on the cgroup root
+	// with the other namespace programs.
+	for _, want := range []string{"account_ingress", "account_egress"} {
+		if !slices.Contains(c.netnsLinks(), want) {
+			t.Fatalf("namespace links %v: no %s", c.netnsLinks(), want)
 		}
 	}
 	before := c.stats()
@@ -185,11 +170,9 @@ func TestPodTrafficCounters(t *testing.T) {
 	if got := cell(a, "ingress", "ipv4", "udp"); got.Packets != 1 || got.Bytes != 78 {
 		t.Errorf("UDP received: %+v, want 1 packet of 78 bytes", got)
 	}
-	for _, proto := range stats.Protocols {
-		for _, dir := range stats.Directions {
-			if got := cell(after[otherID], dir, "ipv4", proto); got.Packets != 0 || got.Bytes != 0 {
-				t.Errorf("the other pod's %s ipv4 %s: %+v, want nothing", dir, proto, got)
-			}
+	for _, got := range after[otherID].Traffic {
+		if got.Packets != 0 || got.Bytes != 0 {
+			t.Errorf("the other pod's %+v, want nothing", got)
 		}
 	}
 
@@ -227,19 +210,6 @@ func TestPodTrafficCounters(t *testing.T) {
 
 	if err := c.del(pod); err != nil {
 		t.Fatalf("DEL: %v", err)
-	}
-	if _, err := os.Stat(netnstraffic.LinkDir(c.stateDir, podID)); !os.IsNotExist(err) {
-		t.Errorf("links of %s after DEL: %v", podID, err)
-	}
-	// The kernel releases the unpinned links from a worker, shortly after.
-	deadline := time.Now().Add(2 * time.Second)
-	left, err := netnstraffic.Attached(c.stateDir, pod.ns.Path)
-	for err == nil && left != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-		left, err = netnstraffic.Attached(c.stateDir, pod.ns.Path)
-	}
-	if err != nil || left != 0 {
-		t.Errorf("programs left in the pod's namespace after DEL: %d, %v", left, err)
 	}
 	if _, ok := c.stats()[podID]; ok {
 		t.Errorf("stats of %s after DEL", podID)

@@ -16,7 +16,6 @@ import (
 
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
-	"github.com/portcullis-net/portcullis/pkg/netnstraffic"
 	"github.com/portcullis-net/portcullis/pkg/policy"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/stats"
@@ -263,28 +262,65 @@ var (
 	podAcctOnce    sync.Once
 	podAcctErr     error
 	podAcctResults acctStream
+	hostAcctOnce   sync.Once
+	hostAcctErr    error
+	hostAcctResult acctStream
 )
 
+// netnsAccountPrograms opens the namespace copy's cgroup_skb programs.
+func netnsAccountPrograms(dir string) ([]*ebpf.Program, error) {
+	var progs []*ebpf.Program
+	for _, name := range []string{bpfobj.PortcullisProgAccountIngress, bpfobj.PortcullisProgAccountEgress} {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, "netns", "progs", name), nil)
+		if err != nil {
+			for _, o := range progs {
+				o.Close()
+			}
+			return nil, err
+		}
+		progs = append(progs, p)
+	}
+	return progs, nil
+}
+
+// attachPod attaches the namespace at path as a pod (keyed by it), its
+// namespace programs on parent.
+func attachPod(dir, id, path string, parent cgroup.Cgroup) error {
+	s, err := state.OpenOrLoad(dir)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	_, err = s.Attach(state.AttachRequest{ID: id, Policy: &policy.Policy{}, NetNS: path, KeyByNetNS: true, NetNSCgroup: parent.Path})
+	return err
+}
+
 // BenchmarkPodAccountingStream: the same for a pod keyed by its network
-// namespace, whose traffic the tcx programs on its interfaces count
-// (pkg/netnstraffic): one TCP stream from the pod over a veth to an iperf3
-// server in a second namespace, versus the same from an identical pair of
-// namespaces without an attachment, interleaved; then the tcx programs'
-// cost per skb and per packet. Host packets never run these programs.
+// namespace, whose sockets' packets the namespace copy of the cgroup_skb
+// programs counts from the common ancestor cgroup: one TCP stream from the
+// pod (a task under that cgroup) over a veth to an iperf3 server in a
+// second namespace, versus the same from an identical pair of namespaces
+// without an attachment, from a cgroup outside it, interleaved; then the
+// programs' cost per skb and per packet.
 func BenchmarkPodAccountingStream(b *testing.B) {
 	iperf := testenv.RequireCommand(b, "iperf3", "iperf3")
 	podAcctOnce.Do(func() {
 		const port = 14202
 		dir := testenv.StateDir(b)
 		parent := testenv.Cgroup(b, "bench-pods")
-		clients := testenv.ChildCgroup(b, parent, "clients")
+		podTasks := testenv.ChildCgroup(b, parent, "pod")
+		plainTasks := testenv.Cgroup(b, "bench-pods-plain")
 		type pair struct {
 			pod, srv *testenv.NetNS
 			addr     string
+			cg       cgroup.Cgroup
 		}
 		var pairs [2]pair
 		for i := range pairs {
-			p := pair{pod: testenv.NewNetNS(b), srv: testenv.NewNetNS(b), addr: fmt.Sprintf("10.213.%d.2", 80+i)}
+			p := pair{pod: testenv.NewNetNS(b), srv: testenv.NewNetNS(b), addr: fmt.Sprintf("10.213.%d.2", 80+i), cg: plainTasks}
+			if i == 1 {
+				p.cg = podTasks
+			}
 			a, z := "pcb"+testenv.Suffix(), "pcb"+testenv.Suffix()
 			testenv.Run(b, "ip", "link", "add", a, "netns", p.pod.Name, "type", "veth", "peer", "name", z, "netns", p.srv.Name)
 			p.pod.IP(b, "addr", "add", fmt.Sprintf("10.213.%d.1/30", 80+i), "dev", a)
@@ -299,33 +335,21 @@ func BenchmarkPodAccountingStream(b *testing.B) {
 			pairs[i] = p
 		}
 		time.Sleep(300 * time.Millisecond)
-		s, err := state.OpenOrLoad(dir)
+		if podAcctErr = attachPod(dir, "pod", pairs[1].pod.Path, parent); podAcctErr != nil {
+			return
+		}
+		progs, err := netnsAccountPrograms(dir)
 		if err != nil {
 			podAcctErr = err
 			return
 		}
-		_, err = s.Attach(state.AttachRequest{ID: "pod", Policy: &policy.Policy{}, NetNS: pairs[1].pod.Path, KeyByNetNS: true, NetNSCgroup: parent.Path})
-		s.Close()
-		if err != nil {
-			podAcctErr = err
-			return
-		}
-		if n, err := netnstraffic.Attached(dir, pairs[1].pod.Path); err != nil || n == 0 {
-			podAcctErr = fmt.Errorf("tcx programs in the pod: %d, %v", n, err)
-			return
-		}
-		var progs []*ebpf.Program
-		for _, name := range []string{bpfobj.NetnsTrafficProgNetnsTrafficIngress, bpfobj.NetnsTrafficProgNetnsTrafficEgress} {
-			p, err := ebpf.LoadPinnedProgram(filepath.Join(netnstraffic.Dir(dir), "progs", name), nil)
-			if err != nil {
-				podAcctErr = err
-				return
+		defer func() {
+			for _, p := range progs {
+				p.Close()
 			}
-			defer p.Close()
-			progs = append(progs, p)
-		}
+		}()
 		run := func(p pair) func() (float64, error) {
-			return func() (float64, error) { return iperfFrom(b, iperf, clients, p.pod, p.addr, port, streamSecs) }
+			return func() (float64, error) { return iperfFrom(b, iperf, p.cg, p.pod, p.addr, port, streamSecs) }
 		}
 		if podAcctErr = interleave(&podAcctResults, run(pairs[0]), run(pairs[1])); podAcctErr != nil {
 			return
@@ -335,5 +359,54 @@ func BenchmarkPodAccountingStream(b *testing.B) {
 	if podAcctErr != nil {
 		b.Fatal(podAcctErr)
 	}
-	podAcctResults.report(b, "tcx")
+	podAcctResults.report(b, "cgroup_skb-netns")
+}
+
+// BenchmarkNetNSAccountingHostCost: what pods' accounting costs host
+// traffic. While a namespace-keyed attachment exists, the namespace copy
+// of the cgroup_skb programs runs for every packet of every task under
+// its cgroup (the cgroup v2 root by default), and for a host socket it
+// does one socket-storage lookup that misses. One iperf3 stream on
+// loopback from a host task under that cgroup versus from one outside it,
+// interleaved, and the programs' cost per host skb.
+func BenchmarkNetNSAccountingHostCost(b *testing.B) {
+	iperf := testenv.RequireCommand(b, "iperf3", "iperf3")
+	hostAcctOnce.Do(func() {
+		const port = 14203
+		srv := exec.Command(iperf, "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
+		if hostAcctErr = srv.Start(); hostAcctErr != nil {
+			return
+		}
+		defer func() { srv.Process.Kill(); srv.Wait() }()
+		time.Sleep(300 * time.Millisecond)
+		dir := testenv.StateDir(b)
+		parent := testenv.Cgroup(b, "bench-netns-host")
+		under := testenv.ChildCgroup(b, parent, "host-task")
+		outside := testenv.Cgroup(b, "bench-netns-outside")
+		pod := testenv.NewNetNS(b)
+		if hostAcctErr = attachPod(dir, "pod", pod.Path, parent); hostAcctErr != nil {
+			return
+		}
+		progs, err := netnsAccountPrograms(dir)
+		if err != nil {
+			hostAcctErr = err
+			return
+		}
+		defer func() {
+			for _, p := range progs {
+				p.Close()
+			}
+		}()
+		runOutside := func() (float64, error) { return iperfGbits(b, iperf, outside, port, streamSecs) }
+		runUnder := func() (float64, error) { return iperfGbits(b, iperf, under, port, streamSecs) }
+		if hostAcctErr = interleave(&hostAcctResult, runOutside, runUnder); hostAcctErr != nil {
+			return
+		}
+		// The host's packets are counted nowhere: per skb only.
+		hostAcctErr = programCost(&hostAcctResult, progs, func() (uint64, error) { return 0, nil }, runUnder)
+	})
+	if hostAcctErr != nil {
+		b.Fatal(hostAcctErr)
+	}
+	hostAcctResult.report(b, "cgroup_skb-netns-host")
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
-	"github.com/portcullis-net/portcullis/pkg/netnstraffic"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/stats"
 	"github.com/portcullis-net/portcullis/test/crienv"
@@ -193,9 +192,6 @@ func (e *criEnv) requireClean() {
 	if links, _ := filepath.Glob(filepath.Join(e.stateDir, "netns", "links", "*")); len(links) != 0 {
 		e.t.Fatalf("namespace links left on the cgroup root: %v", links)
 	}
-	if links, _ := filepath.Glob(filepath.Join(netnstraffic.Dir(e.stateDir), "links", "*")); len(links) != 0 {
-		e.t.Fatalf("traffic counting links left: %v", links)
-	}
 }
 
 // podCounters is one attachment's line of portcullisctl stats -o json.
@@ -251,8 +247,8 @@ func TestCRIPod(t *testing.T) {
 	if r := testenv.ParseProbe(t, strings.TrimSpace(string(out))); !r.OK || r.Reply != "app" {
 		t.Fatalf("connect from the host to %s:%s: %+v", ip, criPort, r)
 	}
-	// The pod's traffic is counted (tcx programs in its namespace): the
-	// host's connection came in, and the reply went out.
+	// The pod's traffic is counted (the namespace copy's cgroup_skb
+	// programs): the host's connection came in, and the reply went out.
 	a := podTraffic(t, e.stateDir, list[0].ID)
 	rcvd, sent := a.cell("ingress", "tcp"), a.cell("egress", "tcp")
 	if rcvd.Packets < 2 || sent.Packets < 2 || sent.Bytes < 4+2*40 {
