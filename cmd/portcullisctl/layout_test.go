@@ -1,11 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
@@ -16,20 +18,21 @@ func TestStatusShowsLayoutsAndOlderStatesAreRefused(t *testing.T) {
 	dir := testenv.StateDir(t)
 	mustRun(t, "load", "--state-dir", dir)
 	out := mustRun(t, "status", "--state-dir", dir)
-	if !strings.Contains(out, "state layout 2 (") || !strings.Contains(out, "this build: layout 2 (") {
+	this := fmt.Sprintf("layout %d", state.LayoutVersion)
+	if !strings.Contains(out, "state "+this+" (") || !strings.Contains(out, "this build: "+this+" (") {
 		t.Fatalf("status without both layouts:\n%s", out)
 	}
-	if out := mustRun(t, "doctor", "--state-dir", dir); !strings.Contains(out, "this build: layout 2") {
+	if out := mustRun(t, "doctor", "--state-dir", dir); !strings.Contains(out, "this build: "+this) {
 		t.Fatalf("doctor without the layouts:\n%s", out)
 	}
 	if err := os.Remove(filepath.Join(dir, "maps", "layout")); err != nil {
 		t.Fatal(err)
 	}
 	out, err := run(t, "status", "--state-dir", dir)
-	if err == nil || !strings.Contains(err.Error(), "has layout 1, this build needs 2: run `portcullisctl upgrade`") {
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("has layout 1, this build needs %d: run `portcullisctl upgrade`", state.LayoutVersion)) {
 		t.Fatalf("status of a layout-1 state: %v", err)
 	}
-	if !strings.Contains(out, "state layout 1 (build not recorded); this build: layout 2") {
+	if !strings.Contains(out, "state layout 1 (build not recorded); this build: "+this) {
 		t.Fatalf("status of a layout-1 state shows:\n%s", out)
 	}
 	cg := testenv.Cgroup(t, "layout")

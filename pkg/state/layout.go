@@ -27,7 +27,10 @@ import (
 //	   sock_owners and the decision counters; one program per hook
 //	   (sock_create, sock_release, sock_ops, setsockopt, connect4/6
 //	   replace the capabilities' own programs there)
-const LayoutVersion = 2
+//	3  pods' traffic is counted by the namespace copy's cgroup_skb
+//	   programs (two more links in netns/links/); netns-traffic/ and its
+//	   tcx links are gone
+const LayoutVersion = 3
 
 // layoutMapName holds the layout version of the state and the build that
 // loaded or last upgraded it. bpffs holds only pins, so it is a map: an

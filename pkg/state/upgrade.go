@@ -701,6 +701,9 @@ func (u *upgrader) commit() error {
 			return err
 		}
 	}
+	if err := removeNetNSTraffic(u.dir); err != nil {
+		return err
+	}
 	if err := u.runHooks(); err != nil {
 		return err
 	}
@@ -713,8 +716,8 @@ func (u *upgrader) commit() error {
 }
 
 // An UpgradeHook lets a package that pins objects of its own using the
-// state's maps follow an upgrade (pkg/netnstraffic: its programs read the
-// traffic map, its links are per pod). It runs once the new maps and
+// state's maps follow an upgrade (pkg/dispatch: its programs read maps of
+// its own, its links are per namespace). It runs once the new maps and
 // programs are in place, before the layout record is written, with the
 // state open (its lock is Upgrade's); from is the state's old layout. It
 // must be idempotent: a failure leaves the upgrade half way, and the next

@@ -10,7 +10,9 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-net/portcullis/pkg/state"
@@ -262,5 +264,129 @@ func countEntries(t *testing.T, m *ebpf.Map) int {
 		}
 		n++
 		prev = key
+	}
+}
+
+// From layout 2, which counted a pod's traffic with tcx links on the
+// interfaces of its namespace (netns-traffic/): upgrade adds the namespace
+// copy's cgroup_skb links to the namespace links, detaches the tcx links
+// and removes the folder, and the pod is counted by the new links.
+func TestUpgradeFromLayout2MovesPodCountersToTheNamespaceCopy(t *testing.T) {
+	w := newWorld(t)
+	parent := testenv.Cgroup(t, "upg2-parent")
+	if _, err := w.attachNetNS(t, "pod", `{}`, parent.Path); err != nil {
+		t.Fatal(err)
+	}
+	netnsLinksDir := filepath.Join(w.dir, "netns", "links")
+	// Layout 2 had no accounting in the namespace copy.
+	for _, name := range []string{"account_ingress", "account_egress"} {
+		l, err := link.LoadPinnedLink(filepath.Join(netnsLinksDir, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Detach()
+		l.Unpin()
+		l.Close()
+	}
+	// Its tcx links, on lo of the pod's namespace.
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	tcxDir := filepath.Join(w.dir, "netns-traffic", "links", "pod")
+	if err := os.MkdirAll(tcxDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := prog.Pin(filepath.Join(w.dir, "netns-traffic", "progs")); err != nil {
+		t.Fatal(err)
+	}
+	tcxOnLo := func() int {
+		t.Helper()
+		n := 0
+		err := ns.WithNetNSPath(w.ns.Path, func(ns.NetNS) error {
+			for _, way := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				res, err := link.QueryPrograms(link.QueryOptions{Target: 1, Attach: way})
+				if err != nil {
+					return err
+				}
+				n += len(res.Programs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	err = ns.WithNetNSPath(w.ns.Path, func(ns.NetNS) error {
+		for _, way := range []struct {
+			attach ebpf.AttachType
+			name   string
+		}{{ebpf.AttachTCXIngress, "1-ingress"}, {ebpf.AttachTCXEgress, "1-egress"}} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: prog, Attach: way.attach})
+			if err != nil {
+				return err
+			}
+			err = l.Pin(filepath.Join(tcxDir, way.name))
+			l.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := tcxOnLo(); n != 2 {
+		t.Fatalf("%d tcx programs on lo before, want 2", n)
+	}
+	// The layout record says 2.
+	layout, err := ebpf.LoadPinnedMap(filepath.Join(w.dir, "maps", "layout"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := make([]byte, layout.ValueSize())
+	binary.NativeEndian.PutUint32(v, 2)
+	err = layout.Put(uint32(0), v)
+	layout.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := state.Upgrade(w.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", r)
+	if r.From != 2 || r.To != state.LayoutVersion || r.LinksAdded != 2 {
+		t.Errorf("report %+v: want from 2, the two accounting links added", r)
+	}
+	if _, err := os.Stat(filepath.Join(w.dir, "netns-traffic")); !os.IsNotExist(err) {
+		t.Errorf("netns-traffic after the upgrade: %v", err)
+	}
+	if n := tcxOnLo(); n != 0 {
+		t.Errorf("%d tcx programs on lo after the upgrade", n)
+	}
+	if out := testenv.Run(t, "bpftool", "cgroup", "show", parent.Path); strings.Count(out, "account_") != 2 {
+		t.Errorf("bpftool cgroup show %s: want both accounting programs:\n%s", parent.Path, out)
+	}
+	s, err := state.Open(w.dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, err := s.Get("pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.VerifyLinks(a); err != nil {
+		t.Error(err)
+	}
+	s.Close()
+	if r, err := state.Upgrade(w.dir); err != nil || !r.UpToDate {
+		t.Errorf("second upgrade: %+v %v", r, err)
 	}
 }

@@ -22,6 +22,7 @@ var releases = []struct {
 	refused string
 }{
 	{"portcullisctl-layout1.gz", 1, "state from another version"},
+	{"portcullisctl-layout2.gz", 2, "newer than this build's 2"},
 }
 
 // The upgrade under load: a real state of each previous layout, traffic
