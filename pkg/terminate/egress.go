@@ -91,6 +91,7 @@ func loadDenied(stateDir string, a *state.Attachment, dryRun bool) (_ *ebpf.Coll
 			return nil, nil, fmt.Errorf("attach iterator %s: %w", name, err)
 		}
 		p.links = append(p.links, l)
+		p.protos = append(p.protos, map[string]string{bpfobj.EgressTerminateProgDeniedTcp: "tcp", bpfobj.EgressTerminateProgDeniedUdp: "udp"}[name])
 	}
 	return coll, p, nil
 }

@@ -165,7 +165,7 @@ func (p *programs) scanAll(paths []string, report *Report) error {
 			go func() {
 				defer wg.Done()
 				defer func() { <-slots }()
-				parts[i][j], errs[i][j] = p.scanNetNS(path, l)
+				parts[i][j], errs[i][j] = p.scanNetNS(path, l, p.protos[j])
 			}()
 		}
 	}
@@ -249,7 +249,9 @@ type programs struct {
 	lock    *os.File
 	targets *ebpf.Map
 	links   []*link.Iter
-	dryRun  bool
+	// protos is the protocol of each link's iterator, "tcp" or "udp".
+	protos []string
+	dryRun bool
 }
 
 // Actions of the targets map (bpf/terminate.c).
@@ -317,6 +319,7 @@ func load(s *state.State, targets []Target, dryRun bool) (_ *programs, err error
 			return nil, fmt.Errorf("%s is not an iterator link", name)
 		}
 		p.links = append(p.links, it)
+		p.protos = append(p.protos, strings.TrimPrefix(name, "terminate_"))
 	}
 	return p, nil
 }
@@ -382,14 +385,18 @@ func (t Target) keys() []bpfobj.TerminateTermTarget {
 
 var protocolNumber = map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP}
 
-// scanNetNS runs one iterator in one namespace ("" is the caller's). An
-// iterator is bound to the namespace of the thread that opens it, so it is
-// opened (and read) on a thread locked into the namespace.
-func (p *programs) scanNetNS(path string, l *link.Iter) (Namespace, error) {
+// scanNetNS runs one iterator, of protocol proto, in one namespace ("" is
+// the caller's). An iterator is bound to the namespace of the thread that
+// opens it, so it is opened (and read) on a thread locked into the
+// namespace. A namespace without a socket of the protocol is not walked.
+func (p *programs) scanNetNS(path string, l *link.Iter, proto string) (Namespace, error) {
 	n := Namespace{NetNS: HostNetNS}
 	start := time.Now()
 	scan := func() error {
 		defer func() { n.ScanTime = time.Since(start) }()
+		if !hasSockets(proto) {
+			return nil
+		}
 		return n.read(l, p.dryRun)
 	}
 	if path == "" {
@@ -398,6 +405,46 @@ func (p *programs) scanNetNS(path string, l *link.Iter) (Namespace, error) {
 	n.NetNS = path
 	err := ns.WithNetNSPath(path, func(ns.NetNS) error { return scan() })
 	return n, err
+}
+
+// hasSockets tells whether the calling thread's network namespace holds a
+// socket of proto ("tcp" or "udp"), IPv4 or IPv6, from the namespace's own
+// counts in /proc/thread-self/net/sockstat and sockstat6 ("TCP: inuse N",
+// the hashed sockets: listeners, connecting and connected ones; time-wait
+// sockets, which are never matched, are counted apart). An iterator walks
+// the kernel's whole table for its protocol, shared by every namespace
+// (262,144 TCP buckets on the development VM, about 2 ms), so an idle
+// pod's namespace is not worth it. When the counts cannot be read, it
+// says yes.
+func hasSockets(proto string) bool {
+	label := map[string]string{"tcp": "TCP", "udp": "UDP"}[proto]
+	if label == "" {
+		return true
+	}
+	for _, file := range []string{"sockstat", "sockstat6"} {
+		data, err := os.ReadFile("/proc/thread-self/net/" + file)
+		if err != nil {
+			return true
+		}
+		want := label + ":"
+		if file == "sockstat6" {
+			want = label + "6:"
+		}
+		found := false
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 3 && f[0] == want && f[1] == "inuse" {
+				found = true
+				if f[2] != "0" {
+					return true
+				}
+			}
+		}
+		if !found {
+			return true
+		}
+	}
+	return false
 }
 
 // readSize keeps every read below the kernel's 32 KiB iterator buffer: a
