@@ -24,7 +24,7 @@ func newSyncCommand(opts *options) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "sync --etcd ENDPOINTS --node NAME [--prefix /portcullis] [--ttl 5s]",
-		Short: "Share live service backends with other hosts through etcd (runs until stopped)",
+		Short: "Share live service backends and service declarations with other hosts through etcd (runs until stopped)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if endpoints == "" {
