@@ -1,11 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/packetcaps"
 	"github.com/portcullis-net/portcullis/pkg/state"
 )
 
@@ -42,6 +44,14 @@ func newAttachCommand(opts *options) *cobra.Command {
 			a, err := s.Attach(state.AttachRequest{ID: id, Cgroup: cgroupPath, Policy: p, NetNS: netns, Owner: "portcullisctl"})
 			if err != nil {
 				return err
+			}
+			// Packet sockets pass no hook: say so for the processes
+			// there already (a warning: the cgroup may be empty, and a
+			// later process may have dropped the capability).
+			if packetcaps.Applies(p) {
+				if pids, err := packetcaps.RawCapable(cg.Path); err == nil && len(pids) > 0 {
+					fmt.Fprintln(cmd.ErrOrStderr(), "portcullisctl: "+packetcaps.Warning(cg.Path, pids))
+				}
 			}
 			return render(cmd.OutOrStdout(), opts, a, attachmentHeader, [][]string{attachmentRow(a)})
 		},

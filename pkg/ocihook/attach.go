@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
+	"github.com/portcullis-net/portcullis/pkg/hostaddr"
+	"github.com/portcullis-net/portcullis/pkg/packetcaps"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/terminate"
 )
@@ -40,6 +42,15 @@ func create(cfg Config, st *specs.State) error {
 	}
 	netns, err := containerNetNS(st.Pid, spec)
 	if err != nil {
+		return fmt.Errorf("container %s: %w", st.ID, err)
+	}
+	// Packet sockets pass no hook: a host-network container that could
+	// open them is refused before anything is attached.
+	if err := packetcaps.CheckSpec(p, spec, netns == ""); err != nil {
+		// An address Attach would refuse is the first thing to fix.
+		if aerr := hostaddr.CheckLocal(netns, p.Addresses); aerr != nil {
+			return fmt.Errorf("container %s: %w", st.ID, aerr)
+		}
 		return fmt.Errorf("container %s: %w", st.ID, err)
 	}
 

@@ -53,7 +53,9 @@ type Policy struct {
 	Dispatch []Dispatch `json:"dispatch,omitempty"`
 	// AllowRawSockets lets a container with addresses open raw and ICMP
 	// datagram sockets, which are refused by default: they never pass the
-	// bind hook, so they could use any source address.
+	// bind hook, so they could use any source address. Packet sockets pass
+	// no hook at all: without it the OCI hook refuses a host-network
+	// container that keeps CAP_NET_RAW (pkg/packetcaps).
 	AllowRawSockets bool `json:"allowRawSockets,omitempty"`
 	// Mark, Priority and DSCP are set on every socket the container
 	// creates: SO_MARK, SO_PRIORITY, and the DSCP (0-63) of IP_TOS and
