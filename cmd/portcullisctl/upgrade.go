@@ -38,6 +38,7 @@ func newUpgradeCommand(opts *options) *cobra.Command {
 			}
 			fmt.Fprintf(out, "%s %s from layout %d to %d in %v: %d attachments, %d links updated in place, %d added, %d removed\n",
 				how, r.StateDir, r.From, r.To, r.Duration.Round(1e6), r.Attachments, r.LinksUpdated, r.LinksAdded, r.LinksRemoved)
+			fmt.Fprintf(out, "prepare %v, swap %v, commit %v\n", r.Prepare.Round(1e6), r.Swap.Round(1e6), r.Commit.Round(1e6))
 			for _, l := range []struct {
 				what  string
 				names []string

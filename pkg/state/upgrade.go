@@ -73,17 +73,26 @@ func Upgrade(dir string) (*UpgradeReport, error) {
 			return nil, fmt.Errorf("%s=%q: want a number", upgradeFailEnv, v)
 		}
 	}
+	phase := time.Now()
+	lap := func() time.Duration {
+		d := time.Since(phase)
+		phase = time.Now()
+		return d
+	}
 	if !l.Upgrading {
 		if err := u.prepare(); err != nil {
 			return nil, fmt.Errorf("upgrade %s: %w (nothing changed: the state is still layout %d)", dir, err, l.Version)
 		}
 	}
+	r.Prepare = lap()
 	if err := u.swap(); err != nil {
 		return nil, fmt.Errorf("upgrade %s: %w (every hook runs the old or the new program; run portcullisctl upgrade again to finish)", dir, err)
 	}
+	r.Swap = lap()
 	if err := u.commit(); err != nil {
 		return nil, fmt.Errorf("upgrade %s: %w (run portcullisctl upgrade again to finish)", dir, err)
 	}
+	r.Commit = lap()
 	r.Duration = time.Since(start)
 	return r, nil
 }
@@ -114,6 +123,10 @@ type UpgradeReport struct {
 	LinksAdded   int           `json:"linksAdded"`
 	LinksRemoved int           `json:"linksRemoved"`
 	Duration     time.Duration `json:"durationNs"`
+	// The phases (see Upgrade).
+	Prepare time.Duration `json:"prepareNs"`
+	Swap    time.Duration `json:"swapNs"`
+	Commit  time.Duration `json:"commitNs"`
 }
 
 type upgrader struct {
