@@ -310,7 +310,10 @@ func TestBackendsAcrossHosts(t *testing.T) {
 	}
 
 	// An etcd member dies now and comes back later.
-	cluster.Kill(0)
+	// The leader, so that the cluster elects another meanwhile.
+	dead := cluster.Leader()
+	cluster.Kill(dead)
+	t.Logf("killed etcd member %d, the leader", dead)
 
 	// B's own provider listens too: B's clients get either.
 	b.listen(t, provB, addrB, "B")
@@ -322,7 +325,7 @@ func TestBackendsAcrossHosts(t *testing.T) {
 	b.waitRemotes(t, 0)
 	b.allAnsweredBy(t, client, "B")
 
-	cluster.Start(0)
+	cluster.Start(dead)
 	listenA = a.listen(t, provA, addrA, "A")
 	b.waitRemotes(t, 1)
 	var held *testenv.Proc
@@ -352,7 +355,7 @@ func TestBackendsAcrossHosts(t *testing.T) {
 	cluster.WaitHealthy(10 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := cluster.Client(0).Get(ctx, "/portcullis/backends/", clientWithPrefix()...)
+	resp, err := cluster.Client(dead).Get(ctx, "/portcullis/backends/", clientWithPrefix()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +365,7 @@ func TestBackendsAcrossHosts(t *testing.T) {
 	}
 	want := fmt.Sprintf("/portcullis/backends/db/b/%s:%d/tcp", addrB, port)
 	if len(keys) != 1 || keys[0] != want {
-		t.Errorf("restarted member 0 holds %v, want exactly [%s]", keys, want)
+		t.Errorf("restarted member %d holds %v, want exactly [%s]", dead, keys, want)
 	}
 	_ = listenA
 }

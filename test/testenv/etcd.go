@@ -158,6 +158,31 @@ func (e *Etcd) Kill(i int) {
 	}
 }
 
+// Leader is the index of the member that leads the cluster now.
+func (e *Etcd) Leader() int {
+	e.t.Helper()
+	eps := strings.Split(e.Endpoints(), ",")
+	c := e.Client()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for i, ep := range eps {
+			if e.procs[i] == nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := c.Status(ctx, ep)
+			cancel()
+			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
+				return i
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal("etcd: no member leads the cluster")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // Client connects to the given members (all when none).
 func (e *Etcd) Client(members ...int) *clientv3.Client {
 	e.t.Helper()
