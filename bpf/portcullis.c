@@ -467,8 +467,7 @@ int setsockopt(struct bpf_sockopt *ctx)
 
 /* Unconnected UDP: each datagram's source is set to the container's
  * address unless the socket is bound or the application chose a source. */
-SEC("cgroup/sendmsg4")
-int sendmsg4(struct bpf_sock_addr *ctx)
+static __always_inline int policy_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	__u64 cgroup_id;
 	struct policy *p = current_policy(&cgroup_id);
@@ -498,8 +497,7 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 	return SYSCALL_ALLOW;
 }
 
-SEC("cgroup/sendmsg6")
-int sendmsg6(struct bpf_sock_addr *ctx)
+static __always_inline int policy_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	__u64 cgroup_id;
 	struct policy *p = current_policy(&cgroup_id);
@@ -539,6 +537,22 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	ctx->msg_src_ip6[3] = p->addr6[3];
 	count_decision(cgroup_id, DECISION_UDP_SOURCE_REWRITTEN);
 	return SYSCALL_ALLOW;
+}
+
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (policy_sendmsg4(ctx) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	return publish_sendmsg4(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (policy_sendmsg6(ctx) == SYSCALL_DENY)
+		return SYSCALL_DENY;
+	return publish_sendmsg6(ctx);
 }
 
 /* getsockname(2) shows the port the application asked for, not the host

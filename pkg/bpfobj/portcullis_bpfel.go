@@ -182,13 +182,14 @@ type PortcullisPortmapKey struct {
 }
 
 type PortcullisPublication struct {
-	_     structs.HostLayout
-	Addr4 [4]uint32
-	Addr6 [4]uint32
-	Port  uint16
-	Pad   uint16
-	Pad2  uint32
-	Owner uint64
+	_        structs.HostLayout
+	Addr4    [4]uint32
+	Addr6    [4]uint32
+	Port     uint16
+	Pad      uint16
+	Pad2     uint32
+	Owner    uint64
+	HostAddr [4]uint32
 }
 
 type PortcullisPublishKey struct {

@@ -190,7 +190,9 @@ func (c *Conf) parseArgs(cniArgs string) error {
 // then the named policy CNI_ARGS selects, then the container's addresses
 // from prevResult and the runtime's port mappings.
 func (c *Conf) ContainerPolicy(prev *current.Result, ifName string) (*policy.Policy, error) {
-	layers := []policy.Layer{{Source: "the conf's policy", Policy: c.Policy}}
+	// The container has a namespace of its own: its mappings publish
+	// host ports, and a hostIP is a host address.
+	layers := []policy.Layer{{Source: "publishing", Policy: &policy.Policy{Published: true}}, {Source: "the conf's policy", Policy: c.Policy}}
 	if c.PolicyName != "" {
 		p, ok := c.Policies[c.PolicyName]
 		if !ok {

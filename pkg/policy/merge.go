@@ -43,6 +43,7 @@ func Merge(layers ...Layer) (*Policy, error) {
 		if l.Policy == nil {
 			continue
 		}
+		out.Published = out.Published || l.Policy.Published
 		if len(l.Policy.Addresses) > 0 {
 			out.Addresses = slices.Clone(l.Policy.Addresses)
 		}

@@ -67,4 +67,14 @@ func TestMergeConflicts(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "hostIP: 192.0.2.1 is not one of the policy's addresses") {
 		t.Errorf("hostIP outside the addresses: %v", err)
 	}
+	// Published mappings (a container with a namespace of its own): a
+	// hostIP is a host address, whatever the container's addresses.
+	p, err := Merge(Layer{"publishing", &Policy{Published: true}},
+		Layer{"runtime", &Policy{Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.2")}, PortMappings: []PortMapping{{ContainerPort: 1, HostPort: 2, HostIP: "192.0.2.1"}}}})
+	if err != nil || !p.Published {
+		t.Errorf("a published mapping with a host address as hostIP: %v %+v", err, p)
+	}
+	if _, err := Merge(Layer{"publishing", &Policy{Published: true}}, Layer{"runtime", &Policy{PortMappings: []PortMapping{{ContainerPort: 1, HostPort: 2, HostIP: "host"}}}}); err == nil {
+		t.Error("a published mapping with hostIP \"host\" was accepted")
+	}
 }

@@ -33,8 +33,15 @@ type Policy struct {
 	// any port.
 	AllowedPorts []PortRange `json:"allowedPorts,omitempty"`
 	// PortMappings rewrite a containerPort to a hostPort at bind time; the
-	// shape is that of the CNI portMappings capability.
+	// shape is that of the CNI portMappings capability. For a container
+	// with a network namespace of its own (Published) they publish host
+	// ports instead (pkg/publish).
 	PortMappings []PortMapping `json:"portMappings,omitempty"`
+	// Published says the port mappings publish host ports (the CNI
+	// plugin's containers): a hostIP is then one of the host's addresses,
+	// which the policy cannot know, not one of the policy's. Not part of
+	// the document.
+	Published bool `json:"-"`
 	// Provides makes the container a backend of services: it is picked
 	// for a service once it listens on the port (see docs/services.md).
 	Provides []Provide `json:"provides,omitempty"`
@@ -99,8 +106,9 @@ type PortMapping struct {
 	ContainerPort uint16   `json:"containerPort"`
 	HostPort      uint16   `json:"hostPort"`
 	Protocol      Protocol `json:"protocol,omitempty"`
-	// HostIP is accepted for compatibility with the CNI capability; when
-	// set it must be one of the policy's addresses.
+	// HostIP, when set and not 0.0.0.0 or ::, must be one of the policy's
+	// addresses (a bind-time remap); for a published port it narrows the
+	// publication to that host address.
 	HostIP string `json:"hostIP,omitempty"`
 }
 
@@ -288,7 +296,10 @@ func (p *Policy) Validate() error {
 			if err != nil {
 				return fmt.Errorf("%s.hostIP: %q is not an IP address", field, m.HostIP)
 			}
-			if !ip.IsUnspecified() && !p.hasAddress(ip.Unmap()) {
+			if ip.Zone() != "" {
+				return fmt.Errorf("%s.hostIP: %q: zones are not supported", field, m.HostIP)
+			}
+			if !p.Published && !ip.IsUnspecified() && !p.hasAddress(ip.Unmap()) {
 				return fmt.Errorf("%s.hostIP: %s is not one of the policy's addresses", field, ip)
 			}
 		}

@@ -93,6 +93,12 @@ func (m *Maps) Publish(r Request, ownerName func(uint64) string) error {
 		}
 		v := val
 		v.Port = pm.ContainerPort
+		if pm.HostIP != "" {
+			// Validated by the policy; unspecified means any address.
+			if ip, err := netip.ParseAddr(pm.HostIP); err == nil && !ip.IsUnspecified() {
+				v.HostAddr = words(netip.AddrFrom16(ip.As16()))
+			}
+		}
 		if err := m.pubs.Update(&key, &v, ebpf.UpdateAny); err != nil {
 			undo()
 			return fmt.Errorf("publish host port %d: %w", pm.HostPort, err)

@@ -30,7 +30,9 @@ import (
 //	3  pods' traffic is counted by the namespace copy's cgroup_skb
 //	   programs (two more links in netns/links/); netns-traffic/ and its
 //	   tcx links are gone
-const LayoutVersion = 3
+//	4  publications gain host_addr (a mapping's hostIP), at the end;
+//	   the namespace copy's sendmsg4/6 publish to unconnected UDP
+const LayoutVersion = 4
 
 // layoutMapName holds the layout version of the state and the build that
 // loaded or last upgraded it. bpffs holds only pins, so it is a map: an

@@ -79,10 +79,25 @@ func newPublish(t *testing.T, withPortmap bool) *publishEnv {
 	return e
 }
 
-// cnitool runs cnitool add/del in the host namespace, with libcni's cache
-// in a private /var/lib (crienv.PrivateVarLib).
+// cnitool runs cnitool add/del in the host namespace for a container
+// publishing hostPort (tcp) onto publishCtrPort.
 func (e *publishEnv) cnitool(verb string, netns *testenv.NetNS, hostPort string) (string, error) {
-	args, _ := json.Marshal(map[string]any{"portMappings": []map[string]any{{"hostPort": atoi(hostPort), "containerPort": atoi(publishCtrPort), "protocol": "tcp"}}})
+	return e.cnitoolMappings(verb, netns, mapping(hostPort, "tcp", ""))
+}
+
+func mapping(hostPort, protocol, hostIP string) map[string]any {
+	m := map[string]any{"hostPort": atoi(hostPort), "containerPort": atoi(publishCtrPort), "protocol": protocol}
+	if hostIP != "" {
+		m["hostIP"] = hostIP
+	}
+	return m
+}
+
+// cnitoolMappings runs cnitool add/del with these portMappings (CAP_ARGS)
+// in the host namespace, with libcni's cache in a private /var/lib
+// (crienv.PrivateVarLib).
+func (e *publishEnv) cnitoolMappings(verb string, netns *testenv.NetNS, mappings ...map[string]any) (string, error) {
+	args, _ := json.Marshal(map[string]any{"portMappings": mappings})
 	cmd := e.host.Command(crienv.PrivateVarLib(e.t, e.dir, "/usr/local/bin/cnitool", verb, e.network, netns.Path)...)
 	cmd.Env = append(os.Environ(), "CNI_PATH="+filepath.Join(e.dir, "bin"), "NETCONFPATH="+filepath.Join(e.dir, "net.d"), "CAP_ARGS="+string(args))
 	out, err := cmd.CombinedOutput()
@@ -97,10 +112,13 @@ func atoi(s string) int {
 
 // container is a namespace with busybox httpd on publishCtrPort serving
 // its name, started after ADD as runtimes do.
-func (e *publishEnv) container(name string) *testenv.NetNS {
+func (e *publishEnv) container(name string, mappings ...map[string]any) *testenv.NetNS {
 	e.t.Helper()
 	ns := testenv.NewNetNS(e.t)
-	if out, err := e.cnitool("add", ns, publishHostPort); err != nil {
+	if len(mappings) == 0 {
+		mappings = append(mappings, mapping(publishHostPort, "tcp", ""))
+	}
+	if out, err := e.cnitoolMappings("add", ns, mappings...); err != nil {
 		e.t.Fatalf("cnitool add %s: %v\n%s\nplugin log:\n%s", name, err, out, readLog(e.logFile))
 	}
 	www := filepath.Join(e.dir, "www-"+name)
@@ -217,5 +235,121 @@ func TestPublishWithPortmap(t *testing.T) {
 			t.Fatalf("wget from outside the host through portmap: %v %q", err, out)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestPublishUDP: a udp mapping reaches a UDP echo server (sockprobe) in
+// the container from an unconnected socket of the host (sendto to
+// 127.0.0.1, v4-mapped 127.0.0.1 and the host's address), and the reply's
+// source is what was dialled, not the container's address. A connected
+// UDP socket too, from ::1 as well.
+func TestPublishUDP(t *testing.T) {
+	e := newPublish(t, false)
+	probe := testenv.Binary(t, "./test/sockprobe")
+	ctr := testenv.NewNetNS(t)
+	if out, err := e.cnitoolMappings("add", ctr, mapping(publishHostPort, "udp", "")); err != nil {
+		t.Fatalf("cnitool add: %v\n%s", err, out)
+	}
+	testenv.Start(t, testenv.Cgroup(t, "pub"), ctr.Command(probe, "listen", "-proto", "udp", "-addr", "0.0.0.0:"+publishCtrPort, "-name", "web"))
+	for i := 0; len(ctr.Listening(t, "udp", uint16(atoi(publishCtrPort)))) != 1; i++ {
+		if i == 100 {
+			t.Fatal("the UDP server in the container does not listen")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := ctr.Listening(t, "udp", uint16(atoi(publishCtrPort))); !strings.HasPrefix(got[0], "10.20.2.") {
+		t.Fatalf("the container's UDP server listens on %v, want its own address and containerPort", got)
+	}
+	for _, tc := range []struct{ addr, mode string }{
+		{"127.0.0.1:" + publishHostPort, "-sendto"},
+		{publishHostAddr + ":" + publishHostPort, "-sendto"},
+		{"[::ffff:127.0.0.1]:" + publishHostPort, "-sendto"},
+		{"127.0.0.1:" + publishHostPort, ""},
+		{publishHostAddr + ":" + publishHostPort, ""},
+		// A container with no IPv6 address is reached from ::1 by a
+		// connected socket only (the kernel refuses an unconnected
+		// IPv6 datagram rewritten to an IPv4 address).
+		{"[::1]:" + publishHostPort, ""},
+	} {
+		args := []string{probe, "connect", "-proto", "udp", "-addr", tc.addr}
+		if tc.mode != "" {
+			args = append(args, tc.mode)
+		}
+		out, err := e.host.Command(args...).CombinedOutput()
+		var r struct {
+			OK       bool
+			Peer     string
+			PeerName string
+			Reply    string
+		}
+		json.Unmarshal(out, &r)
+		// Peer is the reply's source; PeerName getpeername's answer
+		// (connected sockets).
+		if err != nil || !r.OK || r.Reply != "web" || r.Peer != tc.addr || (tc.mode == "" && r.PeerName != tc.addr) {
+			t.Fatalf("UDP %s to %s from the host: %v %s; want the reply \"web\" from %s", tc.mode, tc.addr, err, out, tc.addr)
+		}
+	}
+	// Nothing listens on the host port in the host namespace.
+	if got := e.host.Listening(t, "udp", uint16(atoi(publishHostPort))); len(got) != 0 {
+		t.Fatalf("UDP listeners on the host port in the host namespace: %v", got)
+	}
+	// The tcp host port of the same number is not published.
+	if out, err := e.wget(e.host, "127.0.0.1:"+publishHostPort); err == nil {
+		t.Fatalf("TCP to the UDP-only host port: %q, want a refused connection", out)
+	}
+	if out, err := e.cnitoolMappings("del", ctr, mapping(publishHostPort, "udp", "")); err != nil {
+		t.Fatalf("cnitool del: %v\n%s", err, out)
+	}
+	if out, err := e.host.Command(probe, "connect", "-proto", "udp", "-addr", "127.0.0.1:"+publishHostPort, "-sendto").CombinedOutput(); err == nil {
+		t.Fatalf("UDP to the host port after DEL: %s, want no reply", out)
+	}
+}
+
+// TestPublishHostIP: a mapping's hostIP narrows the publication to that
+// host address: a connect to another of the host's addresses (or to
+// loopback) is not translated.
+func TestPublishHostIP(t *testing.T) {
+	e := newPublish(t, false)
+	e.container("onaddr", mapping(publishHostPort, "tcp", publishHostAddr))
+	e.container("onlo", mapping("20081", "tcp", "127.0.0.1"))
+	for _, tc := range []struct{ addr, want string }{
+		{publishHostAddr + ":" + publishHostPort, "onaddr"},
+		{"127.0.0.1:" + publishHostPort, ""},
+		{"[::1]:" + publishHostPort, ""},
+		{"127.0.0.1:20081", "onlo"},
+		{publishHostAddr + ":20081", ""},
+		{"[::1]:20081", ""},
+	} {
+		out, err := e.wget(e.host, tc.addr)
+		if tc.want == "" && err == nil {
+			t.Errorf("wget http://%s/: %q, want a refused connection (another hostIP is published)", tc.addr, out)
+		}
+		if tc.want != "" && (err != nil || out != tc.want) {
+			t.Errorf("wget http://%s/: %v %q, want %s", tc.addr, err, out, tc.want)
+		}
+	}
+}
+
+// TestPublishHostAddressAddedLater: the host's addresses are not a
+// snapshot of ADD time for a connecting host process: an address added to
+// the host after ADD reaches the published port, and one removed no longer
+// does (the kernel is asked at connect time, bpf/publish.h local_now).
+func TestPublishHostAddressAddedLater(t *testing.T) {
+	e := newPublish(t, false)
+	e.container("web")
+	const later = "10.20.3.7"
+	e.host.IP(t, "addr", "add", later+"/32", "dev", "pcpub0")
+	if out, err := e.wget(e.host, later+":"+publishHostPort); err != nil || out != "web" {
+		t.Fatalf("wget http://%s:%s/ (an address added after ADD): %v %q, want web", later, publishHostPort, err, out)
+	}
+	// The address published at ADD goes away; a route keeps it
+	// reachable, so only the translation could answer for it.
+	e.host.IP(t, "addr", "del", publishHostAddr+"/32", "dev", "pcpub0")
+	e.host.IP(t, "route", "add", publishHostAddr+"/32", "dev", "pcpub0")
+	if out, err := e.wget(e.host, publishHostAddr+":"+publishHostPort); err == nil {
+		t.Fatalf("wget http://%s:%s/ after the address was removed from the host: %q, want no answer", publishHostAddr, publishHostPort, out)
+	}
+	if out, err := e.wget(e.host, "127.0.0.1:"+publishHostPort); err != nil || out != "web" {
+		t.Fatalf("wget http://127.0.0.1:%s/: %v %q, want web", publishHostPort, err, out)
 	}
 }

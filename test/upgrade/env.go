@@ -175,7 +175,7 @@ func (e *Env) Take(t testing.TB, bin string) Snapshot {
 		t.Fatal(err)
 	}
 	s := Snapshot{Attachments: report.Attachments, Entries: map[string]int{}}
-	for _, name := range []string{"policies", "portmaps", "limits", "egress_rules", "svc_frontends", "svc_backends", "svc_names", "attachment_keys", "attachment_netns", "attachments", "traffic", "decisions", "decisions_user", "host_addrs", "iso_owners"} {
+	for _, name := range []string{"policies", "portmaps", "limits", "egress_rules", "svc_frontends", "svc_backends", "svc_names", "attachment_keys", "attachment_netns", "attachments", "traffic", "decisions", "decisions_user", "host_addrs", "publications", "iso_owners"} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(e.Dir, "maps", name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			t.Fatalf("map %s: %v", name, err)
