@@ -291,3 +291,24 @@ func unpack(t testing.TB, release string) string {
 	}
 	return out
 }
+
+// LiveConnections sums what the connection caps count (conn_counts): 0
+// once every connection of the containers is closed.
+func (e *Env) LiveConnections(t testing.TB) uint64 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(e.Dir, "maps", "conn_counts"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var sum, v uint64
+	key := make([]byte, m.KeySize())
+	it := m.Iterate()
+	for it.Next(&key, &v) {
+		sum += v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}

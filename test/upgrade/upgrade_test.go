@@ -103,6 +103,11 @@ func upgradeUnderLoad(t *testing.T, e *Env, from int, refused string) {
 		}
 	}
 
+	// No connection of the client is counted twice or lost across the
+	// swap: with the load stopped, its caps count nothing.
+	if n := e.LiveConnections(t); n != 0 {
+		t.Errorf("%d connections still counted against the caps after the load stopped", n)
+	}
 	after := e.Take(t, e.V2)
 	Same(t, before, after)
 	newLinks := e.LinkPrograms(t)
