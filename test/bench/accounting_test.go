@@ -297,45 +297,71 @@ func attachPod(dir, id, path string, parent cgroup.Cgroup) error {
 
 // BenchmarkPodAccountingStream: the same for a pod keyed by its network
 // namespace, whose sockets' packets the namespace copy of the cgroup_skb
-// programs counts from the common ancestor cgroup: one TCP stream from the
-// pod (a task under that cgroup) over a veth to an iperf3 server in a
-// second namespace, versus the same from an identical pair of namespaces
-// without an attachment, from a cgroup outside it, interleaved; then the
-// programs' cost per skb and per packet.
+// programs counts from the common ancestor cgroup: one TCP stream from
+// the pod over a veth to an iperf3 server in a second namespace, with the
+// pod attached versus the same namespaces, task and server with it
+// detached (no namespace programs anywhere then), interleaved; then the
+// programs' cost per skb and per packet. Attaching and detaching between
+// rounds keeps everything else identical.
 func BenchmarkPodAccountingStream(b *testing.B) {
 	iperf := testenv.RequireCommand(b, "iperf3", "iperf3")
 	podAcctOnce.Do(func() {
 		const port = 14202
 		dir := testenv.StateDir(b)
 		parent := testenv.Cgroup(b, "bench-pods")
-		podTasks := testenv.ChildCgroup(b, parent, "pod")
-		plainTasks := testenv.Cgroup(b, "bench-pods-plain")
-		type pair struct {
-			pod, srv *testenv.NetNS
-			addr     string
-			cg       cgroup.Cgroup
+		tasks := testenv.ChildCgroup(b, parent, "pod")
+		pod, srvNS := testenv.NewNetNS(b), testenv.NewNetNS(b)
+		const addr = "10.213.80.2"
+		a, z := "pcb"+testenv.Suffix(), "pcb"+testenv.Suffix()
+		testenv.Run(b, "ip", "link", "add", a, "netns", pod.Name, "type", "veth", "peer", "name", z, "netns", srvNS.Name)
+		pod.IP(b, "addr", "add", "10.213.80.1/30", "dev", a)
+		srvNS.IP(b, "addr", "add", addr+"/30", "dev", z)
+		pod.IP(b, "link", "set", a, "up")
+		srvNS.IP(b, "link", "set", z, "up")
+		srv := srvNS.Command(iperf, "-s", "-B", addr, "-p", strconv.Itoa(port))
+		if podAcctErr = srv.Start(); podAcctErr != nil {
+			return
 		}
-		var pairs [2]pair
-		for i := range pairs {
-			p := pair{pod: testenv.NewNetNS(b), srv: testenv.NewNetNS(b), addr: fmt.Sprintf("10.213.%d.2", 80+i), cg: plainTasks}
-			if i == 1 {
-				p.cg = podTasks
-			}
-			a, z := "pcb"+testenv.Suffix(), "pcb"+testenv.Suffix()
-			testenv.Run(b, "ip", "link", "add", a, "netns", p.pod.Name, "type", "veth", "peer", "name", z, "netns", p.srv.Name)
-			p.pod.IP(b, "addr", "add", fmt.Sprintf("10.213.%d.1/30", 80+i), "dev", a)
-			p.srv.IP(b, "addr", "add", p.addr+"/30", "dev", z)
-			p.pod.IP(b, "link", "set", a, "up")
-			p.srv.IP(b, "link", "set", z, "up")
-			srv := p.srv.Command(iperf, "-s", "-B", p.addr, "-p", strconv.Itoa(port))
-			if podAcctErr = srv.Start(); podAcctErr != nil {
-				return
-			}
-			defer func() { srv.Process.Kill(); srv.Wait() }()
-			pairs[i] = p
-		}
+		defer func() { srv.Process.Kill(); srv.Wait() }()
 		time.Sleep(300 * time.Millisecond)
-		if podAcctErr = attachPod(dir, "pod", pairs[1].pod.Path, parent); podAcctErr != nil {
+		if _, podAcctErr = state.Load(dir); podAcctErr != nil {
+			return
+		}
+		attached := false
+		set := func(want bool) error {
+			if attached == want {
+				return nil
+			}
+			if want {
+				if err := attachPod(dir, "pod", pod.Path, parent); err != nil {
+					return err
+				}
+			} else {
+				s, err := state.Open(dir, true)
+				if err != nil {
+					return err
+				}
+				err = s.Detach("pod")
+				s.Close()
+				if err != nil {
+					return err
+				}
+			}
+			attached = want
+			return nil
+		}
+		run := func(withPod bool) func() (float64, error) {
+			return func() (float64, error) {
+				if err := set(withPod); err != nil {
+					return 0, err
+				}
+				return iperfFrom(b, iperf, tasks, pod, addr, port, streamSecs)
+			}
+		}
+		if podAcctErr = interleave(&podAcctResults, run(false), run(true)); podAcctErr != nil {
+			return
+		}
+		if podAcctErr = set(true); podAcctErr != nil {
 			return
 		}
 		progs, err := netnsAccountPrograms(dir)
@@ -348,13 +374,7 @@ func BenchmarkPodAccountingStream(b *testing.B) {
 				p.Close()
 			}
 		}()
-		run := func(p pair) func() (float64, error) {
-			return func() (float64, error) { return iperfFrom(b, iperf, p.cg, p.pod, p.addr, port, streamSecs) }
-		}
-		if podAcctErr = interleave(&podAcctResults, run(pairs[0]), run(pairs[1])); podAcctErr != nil {
-			return
-		}
-		podAcctErr = programCost(&podAcctResults, progs, countedPackets(dir, "pod"), run(pairs[1]))
+		podAcctErr = programCost(&podAcctResults, progs, countedPackets(dir, "pod"), run(true))
 	})
 	if podAcctErr != nil {
 		b.Fatal(podAcctErr)
