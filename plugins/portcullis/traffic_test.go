@@ -184,12 +184,19 @@ func TestPodTrafficCounters(t *testing.T) {
 			return err
 		}
 		defer lo.Close()
+		// The reader reports when it has read everything, so the
+		// counters are read after the last byte was received (a fixed
+		// sleep was too short under load).
+		read := make(chan int64, 1)
 		go func() {
 			conn, err := lo.Accept()
-			if err == nil {
-				io.Copy(io.Discard, conn)
-				conn.Close()
+			if err != nil {
+				read <- 0
+				return
 			}
+			k, _ := io.Copy(io.Discard, conn)
+			conn.Close()
+			read <- k
 		}()
 		conn, err := net.Dial("tcp", lo.Addr().String())
 		if err != nil {
@@ -197,9 +204,19 @@ func TestPodTrafficCounters(t *testing.T) {
 		}
 		_, err = conn.Write(make([]byte, l))
 		conn.Close()
-		return err
+		if err != nil {
+			return err
+		}
+		select {
+		case k := <-read:
+			if k != l {
+				t.Errorf("loopback: the reader got %d bytes, want %d", k, l)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("loopback: the reader did not finish")
+		}
+		return nil
 	})
-	time.Sleep(200 * time.Millisecond)
 	lo := c.stats()[podID]
 	if d := cell(lo, "egress", "ipv4", "tcp").Bytes - tx.Bytes; d < l {
 		t.Errorf("loopback: %d more bytes sent, want at least %d", d, l)
