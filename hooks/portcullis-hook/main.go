@@ -13,6 +13,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	_ "github.com/portcullis-net/portcullis/pkg/dispatch" // policies' dispatch bindings follow attach and detach
@@ -20,6 +21,10 @@ import (
 )
 
 func main() {
+	// A run lives a few milliseconds: no garbage collection unless it
+	// ever grows past the limit (as in the CNI plugin).
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(256 << 20)
 	stage := ""
 	if len(os.Args) > 1 {
 		stage = os.Args[1]
