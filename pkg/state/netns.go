@@ -265,6 +265,21 @@ func netnsLinksCgroup(dir string) (uint64, error) {
 	return 0, nil
 }
 
+// asNetnsCopy turns spec into the namespace copy: only the programs of
+// list, with the copy's flag set (its programs key by network namespace).
+func asNetnsCopy(spec *ebpf.CollectionSpec, list []cgroupProgram) error {
+	keep := map[string]bool{}
+	for _, p := range list {
+		keep[p.name] = true
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	return spec.Variables[bpfobj.PortcullisVarNetnsCopy].Set(uint32(1))
+}
+
 // netnsPrograms opens the pinned namespace copy, loading and pinning it
 // first when it is not there (the only time the BPF object is parsed). It
 // shares every map of the state.
@@ -289,16 +304,7 @@ func (s *State) netnsPrograms(list []cgroupProgram) (map[string]*ebpf.Program, e
 	if err != nil {
 		return nil, err
 	}
-	keep := map[string]bool{}
-	for _, p := range list {
-		keep[p.name] = true
-	}
-	for name := range spec.Programs {
-		if !keep[name] {
-			delete(spec.Programs, name)
-		}
-	}
-	if err := spec.Variables[bpfobj.PortcullisVarNetnsCopy].Set(uint32(1)); err != nil {
+	if err := asNetnsCopy(spec, list); err != nil {
 		return nil, err
 	}
 	replace := map[string]*ebpf.Map{}

@@ -286,15 +286,9 @@ func (u *upgrader) prepare() (err error) {
 	}
 
 	// The programs, sharing the carried-over maps.
-	own := map[string]*ebpf.Map{}
-	for name, m := range replace {
-		if spec.Maps[name] != nil {
-			own[name] = m
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: own})
+	coll, err := loadSharing(spec, replace)
 	if err != nil {
-		return explainLoadError(err)
+		return err
 	}
 	defer coll.Close()
 	for name, p := range coll.Programs {
@@ -392,16 +386,7 @@ func (u *upgrader) prepareNetNSCopy(dir string, replace map[string]*ebpf.Map) er
 	if err != nil {
 		return err
 	}
-	keep := map[string]bool{}
-	for _, p := range list {
-		keep[p.name] = true
-	}
-	for name := range spec.Programs {
-		if !keep[name] {
-			delete(spec.Programs, name)
-		}
-	}
-	if err := spec.Variables[bpfobj.PortcullisVarNetnsCopy].Set(uint32(1)); err != nil {
+	if err := asNetnsCopy(spec, list); err != nil {
 		return err
 	}
 	for name, m := range replace {
@@ -409,15 +394,9 @@ func (u *upgrader) prepareNetNSCopy(dir string, replace map[string]*ebpf.Map) er
 			ms.MaxEntries = m.MaxEntries()
 		}
 	}
-	own := map[string]*ebpf.Map{}
-	for name, m := range replace {
-		if spec.Maps[name] != nil {
-			own[name] = m
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: own})
+	coll, err := loadSharing(spec, replace)
 	if err != nil {
-		return explainLoadError(err)
+		return err
 	}
 	defer coll.Close()
 	if err := os.Mkdir(dir, 0o700); err != nil {
@@ -790,6 +769,22 @@ func (u *upgrader) removeStale() error {
 // programsOf lists a program table (programs.go), sorted by name.
 func programsOf(table *ebpf.Map) ([]cgroupProgram, error) {
 	return (&State{programTable: table}).cgroupPrograms()
+}
+
+// loadSharing loads spec with those of the maps of replace it declares
+// in place of its own (the carried-over maps).
+func loadSharing(spec *ebpf.CollectionSpec, replace map[string]*ebpf.Map) (*ebpf.Collection, error) {
+	own := map[string]*ebpf.Map{}
+	for name, m := range replace {
+		if spec.Maps[name] != nil {
+			own[name] = m
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: own})
+	if err != nil {
+		return nil, explainLoadError(err)
+	}
+	return coll, nil
 }
 
 // netnsProgramsOf lists the namespace copy's programs of a table.
