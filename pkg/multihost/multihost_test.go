@@ -258,6 +258,20 @@ func (h *host) allAnsweredBy(t *testing.T, cg cgroup.Cgroup, name string) {
 	}
 }
 
+// holdConnectionTo dials from h until provider name answers (up to 40
+// tries) and returns that held client, or nil.
+func (h *host) holdConnectionTo(t *testing.T, cg cgroup.Cgroup, name string) *testenv.Proc {
+	t.Helper()
+	for try := 0; try < 40; try++ {
+		r, p := h.dial(t, cg, true)
+		if answeredBy(name)(r) {
+			return p
+		}
+		p.Kill()
+	}
+	return nil
+}
+
 func answeredBy(name string) func(testenv.ProbeResult) bool {
 	return func(r testenv.ProbeResult) bool { return r.OK && r.Reply == name }
 }
@@ -328,14 +342,7 @@ func TestBackendsAcrossHosts(t *testing.T) {
 	cluster.Start(dead)
 	listenA = a.listen(t, provA, addrA, "A")
 	b.waitRemotes(t, 1)
-	var held *testenv.Proc
-	for try := 0; try < 40 && held == nil; try++ {
-		if r, p := b.dial(t, client, true); answeredBy("A")(r) {
-			held = p
-		} else {
-			p.Kill()
-		}
-	}
+	held := b.holdConnectionTo(t, client, "A")
 	if held == nil {
 		t.Fatal("B never picked A's provider again")
 	}

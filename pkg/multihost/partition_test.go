@@ -75,14 +75,7 @@ func TestPartition(t *testing.T) {
 	a.waitRemotes(t, 1)
 	b.waitRemotes(t, 1)
 	b.waitService(t, "kv", "declared by A", 5*time.Second, func(s *services.Service) bool { return s != nil && s.DeclaredBy == "a" })
-	var held *testenv.Proc
-	for try := 0; try < 40 && held == nil; try++ {
-		if r, p := b.dial(t, client, true); answeredBy("A")(r) {
-			held = p
-		} else {
-			p.Kill()
-		}
-	}
+	held := b.holdConnectionTo(t, client, "A")
 	if held == nil {
 		t.Fatal("B never picked A's provider")
 	}
