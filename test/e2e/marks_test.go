@@ -60,14 +60,17 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 	net.IP(t, "link", "set", "pc14n", "up")
 
 	// all* count every TCP/UDP packet leaving (ctr) or arriving (net);
-	// marked* only those with the policy's values. twack4 counts the one
-	// kind of packet that leaves with the mark but without the priority:
-	// the bare ACK an IPv4 TIME_WAIT socket sends, from the kernel's
-	// per-CPU control socket, which since Linux 6.14 takes priority 0
-	// (docs/metrics.md says why). A connection's socket becomes one
-	// before the peer's FIN arrives when the peer's FIN is late (load), so
-	// there are 0 to 3 of them: the two IPv4 client connections and the
-	// IPv4 one accepted by the container's server.
+	// marked* only those with the policy's values. twack4 and ctlrst4
+	// count the two kinds of packet that leave with the mark but without
+	// the priority, both sent for a container's IPv4 socket by the
+	// kernel's per-CPU TCP control socket, which since Linux 6.14 gives
+	// them priority 0 (docs/metrics.md says why): the bare ACK of a
+	// TIME_WAIT socket (a connection's socket becomes one before the
+	// peer's FIN arrives when that FIN is late, under load) and a bare
+	// RST, which also carries the TOS of the segment it answers, not the
+	// DSCP (rst4 counts it arriving in net). There are 0 to 3 of each:
+	// the two IPv4 client connections and the IPv4 one accepted by the
+	// container's server.
 	nft := func(ns *testenv.NetNS, rules string) {
 		cmd := ns.Command("nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(rules)
@@ -81,9 +84,11 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 	counter marked4 {}
 	counter marked6 {}
 	counter twack4 {}
+	counter ctlrst4 {}
 	chain post {
 		type filter hook postrouting priority 0;
 		oifname "`+veth+`" meta nfproto ipv4 meta l4proto tcp meta mark 0x1401 meta priority none tcp flags == ack counter name twack4
+		oifname "`+veth+`" meta nfproto ipv4 meta l4proto tcp meta mark 0x1401 meta priority none tcp flags == rst counter name ctlrst4
 		oifname "`+veth+`" meta l4proto { tcp, udp } meta nfproto ipv4 counter name all4
 		oifname "`+veth+`" meta l4proto { tcp, udp } meta nfproto ipv6 counter name all6
 		oifname "`+veth+`" meta l4proto { tcp, udp } meta nfproto ipv4 meta mark 0x1401 meta priority 0:5 counter name marked4
@@ -95,8 +100,10 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 	counter all6 {}
 	counter marked4 {}
 	counter marked6 {}
+	counter rst4 {}
 	chain pre {
 		type filter hook prerouting priority 0;
+		iifname "pc14n" meta nfproto ipv4 meta l4proto tcp ip saddr 10.14.1.1 tcp flags == rst ip dscp cs0 counter name rst4
 		iifname "pc14n" meta l4proto { tcp, udp } meta nfproto ipv4 counter name all4
 		iifname "pc14n" meta l4proto { tcp, udp } meta nfproto ipv6 counter name all6
 		iifname "pc14n" meta l4proto { tcp, udp } ip dscp ef counter name marked4
@@ -170,7 +177,8 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 	// Not marked: the sendto clients' first datagrams, two IPv4 (one
 	// from a dual-stack socket) and one IPv6, the datagram of the
 	// process outside the container that set its own mark and TOS, and
-	// the IPv4 TIME_WAIT ACKs (priority 0; their DSCP is right).
+	// the IPv4 TIME_WAIT ACKs (priority 0; their DSCP is right) and
+	// control-socket RSTs (priority 0, and the TOS of what they answer).
 	outsideDatagrams := map[string]uint64{"4": 1}
 	twAcks := nftCounter(t, ctr, "twack4")
 	t.Logf("IPv4 TIME_WAIT ACKs leaving the container with the mark and priority 0: %d", twAcks)
@@ -178,7 +186,13 @@ func TestMarkPriorityAndDSCPOnTheWire(t *testing.T) {
 		t.Errorf("%d IPv4 bare ACKs with the mark and priority 0, want at most 3 (one per IPv4 TCP connection)", twAcks)
 	}
 	outsideDatagrams["4"] += twAcks
-	firstDatagrams := map[string]uint64{"4": 2 + 1, "6": 1}
+	ctlRsts, rstsArriving := nftCounter(t, ctr, "ctlrst4"), nftCounter(t, net, "rst4")
+	t.Logf("IPv4 control-socket RSTs leaving the container with the mark and priority 0: %d, arriving without the DSCP: %d", ctlRsts, rstsArriving)
+	if ctlRsts > 3 || rstsArriving != ctlRsts {
+		t.Errorf("%d IPv4 bare RSTs with the mark and priority 0, %d arriving without the DSCP, want the same number, at most 3 (one per IPv4 TCP connection)", ctlRsts, rstsArriving)
+	}
+	outsideDatagrams["4"] += ctlRsts
+	firstDatagrams := map[string]uint64{"4": 2 + 1 + rstsArriving, "6": 1}
 	for _, ns := range []struct {
 		name   string
 		ns     *testenv.NetNS
