@@ -204,21 +204,10 @@ func (h *host) eventuallyTo(t *testing.T, cg cgroup.Cgroup, proto, addr, what st
 	}
 }
 
-// eventually dials until ok accepts the result.
+// eventually dials the frontend until ok accepts the result.
 func (h *host) eventually(t *testing.T, cg cgroup.Cgroup, what string, within time.Duration, ok func(testenv.ProbeResult) bool) testenv.ProbeResult {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		r, p := h.dial(t, cg, false)
-		p.Kill()
-		if ok(r) {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("host %s: %s: not within %s; last dial %+v", h.name, what, within, r)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return h.eventuallyTo(t, cg, "tcp", frontend, what, within, ok)
 }
 
 // waitRemotes waits until the host's maps hold n remote backends of db.
