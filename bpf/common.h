@@ -36,6 +36,11 @@
 #define POLICY_HAS_DSCP (1U << 5)
 /* Raw, ICMP datagram and packet sockets are allowed (bpf/isolation.h). */
 #define POLICY_ALLOW_RAW (1U << 8)
+/* The policy has no egress rules (egress.h) / no connection caps
+ * (limits.h): connect and sendmsg skip those lookups. Negative, so that a
+ * policy an older build wrote (without them) is still checked. */
+#define POLICY_NO_EGRESS (1U << 9)
+#define POLICY_NO_LIMITS (1U << 10)
 
 struct port_range {
 	__u16 first;

@@ -112,7 +112,7 @@ static __always_inline bool isolation_v6only(struct bpf_sock_addr *ctx)
 
 	if (!sk)
 		return false;
-	s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
+	s = kernel_sock(sk);
 	return BPF_CORE_READ_BITFIELD(&s->__sk_common, skc_ipv6only);
 }
 

@@ -55,6 +55,8 @@ struct sock_cgroup_data {
 struct sock {
 	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
+	void *sk_bpf_storage; /* NULL while no socket-storage map has an entry */
+	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
 struct tcp_sock;
@@ -90,13 +92,21 @@ struct bpf_iter__udp {
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
+/* The kernel's struct sock behind a struct bpf_sock (a context, ctx->sk
+ * or skb->sk), to read what struct bpf_sock does not show. The cast is
+ * free (the verifier turns it into a move) and the reads are plain loads
+ * that the kernel guards, where BPF_CORE_READ would call a helper: on the
+ * per-socket and per-packet paths that call costs more than the read. */
+static __always_inline struct sock *kernel_sock(const void *sk)
+{
+	return bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
+}
+
 /* Has the kernel made this socket's cookie yet? It makes it when first
  * asked (bpf_get_socket_cookie, SO_COOKIE, sock_diag), so a socket without
  * one is in no map keyed by cookie, and a hook can skip the lookups (and
  * the cookie) for it. sk is a struct bpf_sock (a context or ctx->sk). */
 static __always_inline bool sock_cookie_made(const void *sk)
 {
-	struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
-
-	return BPF_CORE_READ(s, __sk_common.skc_cookie.counter) != 0;
+	return kernel_sock(sk)->__sk_common.skc_cookie.counter != 0;
 }

@@ -176,3 +176,48 @@ func TestNetNSKeyedPod(t *testing.T) {
 	}
 	probe.Aborted(t, held)
 }
+
+// A policy without rules and caps skips their lookups at connect and
+// sendmsg (POLICY_NO_EGRESS, POLICY_NO_LIMITS in bpf/common.h): rules and
+// caps that a policy change adds in place must hold from the next connect,
+// and go when the policy drops them again.
+func TestRulesAndCapsAddedInPlace(t *testing.T) {
+	dir := testenv.StateDir(t)
+	cg := testenv.Cgroup(t, "inplace")
+	dst := guardtest.Listen(t, "127.13.3.3:13013")
+	guardtest.ListenUDP(t, "127.13.3.3:13014")
+	testenv.Attach(t, dir, "inplace", cg.Path, `{"addresses": ["127.13.3.2"]}`, "")
+	p := guardtest.Start(t, cg, nil)
+	p.Connect(t, "tcp", dst.Addr, "")
+	p.SendTo(t, "127.13.3.3:13014", "")
+
+	set := func(doc string) {
+		t.Helper()
+		pol, err := policy.Parse([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := state.Open(dir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := s.SetPolicy("inplace", pol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(`{"addresses": ["127.13.3.2"], "egress": [{"action": "deny", "cidr": "127.13.3.3/32"}]}`)
+	p.Connect(t, "tcp", dst.Addr, "EPERM")
+	p.Connect(t, "udp", "127.13.3.3:13014", "EPERM")
+	p.SendTo(t, "127.13.3.3:13014", "EPERM")
+
+	set(`{"addresses": ["127.13.3.2"], "connectionLimits": {"perDestination": 1}}`)
+	held := p.Connect(t, "tcp", dst.Addr, "")
+	p.Connect(t, "tcp", dst.Addr, "EAGAIN")
+	p.SendTo(t, "127.13.3.3:13014", "")
+
+	set(`{"addresses": ["127.13.3.2"]}`)
+	p.Connect(t, "tcp", dst.Addr, "")
+	p.Connect(t, "tcp", dst.Addr, "")
+	p.Alive(t, held)
+}

@@ -16,6 +16,8 @@ const (
 	policyHasPriority  = 1 << 4
 	policyHasDSCP      = 1 << 5
 	policyAllowRaw     = 1 << 8
+	policyNoEgress     = 1 << 9
+	policyNoLimits     = 1 << 10
 )
 
 // Directions of struct portmap_key (bpf/common.h).
@@ -52,6 +54,17 @@ func compile(cgroupID uint64, p *policy.Policy) *compiled {
 	}
 	if p.AllowRawSockets {
 		c.policy.Flags |= policyAllowRaw
+	}
+	// connect and sendmsg skip the egress and caps lookups of a policy
+	// without them. Said of the policy rather than of the maps: the
+	// policy entry is written before syncGuards writes its rules and caps
+	// (Attach, replacePolicy), so a policy change that adds them is
+	// enforced once both are written, as it was without the flags.
+	if !p.HasEgress() {
+		c.policy.Flags |= policyNoEgress
+	}
+	if p.ConnectionLimits == nil {
+		c.policy.Flags |= policyNoLimits
 	}
 	if len(p.AllowedPorts) > 0 {
 		c.policy.Flags |= policyRestrictPort

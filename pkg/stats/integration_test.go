@@ -13,8 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/state"
 	"github.com/portcullis-net/portcullis/pkg/stats"
+	"github.com/portcullis-net/portcullis/test/guardtest"
 	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
@@ -239,5 +241,40 @@ func TestAddCountsUserspaceDecisions(t *testing.T) {
 	testenv.Attach(t, dir, "add", cg.Path, `{}`, "")
 	if got := read(t, dir)["add"].Decision(stats.SocketTerminated); got != 0 {
 		t.Errorf("after re-attach socket_terminated = %d, want 0", got)
+	}
+}
+
+// Each way the packet path finds a socket's attachment counts a datagram
+// once, under its own attachment and protocol: a socket of the attached
+// cgroup itself (the fast path, bpf/accounting.h), one of a cgroup nested
+// below it (the ancestor walk) and one with socket storage (a policy with
+// a mark).
+func TestEveryOwnerPathCountsEachDatagramOnce(t *testing.T) {
+	dir := testenv.StateDir(t)
+	guardtest.ListenUDP(t, "127.13.4.1:13015")
+	direct := testenv.Cgroup(t, "stats-direct")
+	nested := testenv.Cgroup(t, "stats-nested")
+	marked := testenv.Cgroup(t, "stats-marked")
+	testenv.Attach(t, dir, "direct", direct.Path, `{}`, "")
+	testenv.Attach(t, dir, "nested", nested.Path, `{}`, "")
+	testenv.Attach(t, dir, "marked", marked.Path, `{"mark": 7}`, "")
+	const datagrams = 5
+	for _, cg := range []cgroup.Cgroup{direct, testenv.ChildCgroup(t, nested, "child"), marked} {
+		p := guardtest.Start(t, cg, nil)
+		for i := 0; i < datagrams; i++ {
+			p.SendTo(t, "127.13.4.1:13015", "")
+		}
+	}
+	got := read(t, dir)
+	for _, id := range []string{"direct", "nested", "marked"} {
+		for _, c := range got[id].Traffic {
+			want := uint64(0)
+			if c.Direction == "egress" && c.Family == "ipv4" && c.Protocol == "udp" {
+				want = datagrams
+			}
+			if c.Packets != want {
+				t.Errorf("%s: %+v, want %d packets", id, c, want)
+			}
+		}
 	}
 }
