@@ -93,6 +93,26 @@ static __always_inline bool skb_owner(struct __sk_buff *skb, struct bpf_sock *sk
 	return true;
 }
 
+/* The counters' family of a packet (ACCT_FAMILIES, which traffic_add
+ * skips, for neither) and protocol of a socket. */
+static __always_inline __u32 acct_family(const struct __sk_buff *skb)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return ACCT_IPV4;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return ACCT_IPV6;
+	return ACCT_FAMILIES;
+}
+
+static __always_inline __u32 acct_protocol(__u32 protocol)
+{
+	if (protocol == IPPROTO_TCP)
+		return ACCT_TCP;
+	if (protocol == IPPROTO_UDP)
+		return ACCT_UDP;
+	return ACCT_OTHER;
+}
+
 /* The fast path, for most packets: a socket without local storage (its
  * policy has no mark, priority or DSCP, so there is nothing to put on the
  * packet that the kernel did not) of a cgroup that is attached itself,
@@ -106,7 +126,6 @@ static __always_inline bool account_fast(struct __sk_buff *skb, __u32 direction)
 {
 	struct bpf_sock *bsk = skb->sk;
 	struct traffic_counts *t;
-	__u32 family, proto;
 	struct sock *sk;
 	__u64 id;
 
@@ -119,19 +138,8 @@ static __always_inline bool account_fast(struct __sk_buff *skb, __u32 direction)
 	t = bpf_map_lookup_elem(&traffic, &id);
 	if (!t)
 		return false;
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		family = ACCT_IPV4;
-	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		family = ACCT_IPV6;
-	else
-		return true;
-	if (sk->sk_protocol == IPPROTO_TCP)
-		proto = ACCT_TCP;
-	else if (sk->sk_protocol == IPPROTO_UDP)
-		proto = ACCT_UDP;
-	else
-		proto = ACCT_OTHER;
-	traffic_add(t, direction, family, proto, skb->gso_segs, skb->len);
+	traffic_add(t, direction, acct_family(skb), acct_protocol(sk->sk_protocol), skb->gso_segs,
+		    skb->len);
 	return true;
 }
 
@@ -140,7 +148,6 @@ static __always_inline int account(struct __sk_buff *skb, __u32 direction)
 	struct bpf_sock *sk = skb->sk;
 	struct sock_owner o = {};
 	struct traffic_counts *t;
-	__u32 family, proto = ACCT_OTHER;
 
 	if (account_fast(skb, direction))
 		return SYSCALL_ALLOW;
@@ -176,17 +183,8 @@ static __always_inline int account(struct __sk_buff *skb, __u32 direction)
 	t = bpf_map_lookup_elem(&traffic, &o.key);
 	if (!t)
 		return SYSCALL_ALLOW;
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		family = ACCT_IPV4;
-	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		family = ACCT_IPV6;
-	else
-		return SYSCALL_ALLOW;
-	if (sk && sk->protocol == IPPROTO_TCP)
-		proto = ACCT_TCP;
-	else if (sk && sk->protocol == IPPROTO_UDP)
-		proto = ACCT_UDP;
-	traffic_add(t, direction, family, proto, skb->gso_segs, skb->len);
+	traffic_add(t, direction, acct_family(skb), sk ? acct_protocol(sk->protocol) : ACCT_OTHER,
+		    skb->gso_segs, skb->len);
 	return SYSCALL_ALLOW;
 }
 
