@@ -130,11 +130,36 @@ func (e *Etcd) Publish(ctx context.Context, local <-chan Set) error {
 		case _, ok := <-alive:
 			if !ok {
 				e.log.Printf("etcd: lease %x lost (no renewal within the ttl); republishing under a new one", lease)
+				go e.revokeStale(ctx, lease)
 				lease, alive = 0, nil
 				offer(e.resync, struct{}{})
 			}
 		case <-retry:
 		}
+	}
+}
+
+// revokeStale revokes a lease whose keepalives stopped. The client gives
+// a lease up when no renewal came back within its TTL, but the cluster
+// may still hold it: a newly elected leader extends every lease, so the
+// keys under it (a backend that has stopped listening meanwhile) would
+// outlive the TTL by an election and a TTL more, while this node
+// republishes only what is live under a new lease. Tried until the
+// cluster answers, for two TTLs at most (by then it has expired anyway).
+func (e *Etcd) revokeStale(ctx context.Context, lease clientv3.LeaseID) {
+	deadline := time.Now().Add(2 * e.ttl)
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := e.client.Revoke(rctx, lease)
+		cancel()
+		if err == nil {
+			e.log.Printf("etcd: stale lease %x revoked", lease)
+			return
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return
+		}
+		sleep(ctx, retryEvery)
 	}
 }
 
