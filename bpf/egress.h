@@ -178,11 +178,15 @@ static __always_inline void egress_dst(const struct bpf_sock_addr *ctx, bool v6,
 }
 
 /* egress_check is the hook of connect4/6 and sendmsg4/6: SYSCALL_DENY
- * (EPERM) when the container's rules deny the destination. */
-static __always_inline int egress_check(struct bpf_sock_addr *ctx, __u64 owner, bool v6)
+ * (EPERM) when the container's rules deny the destination. A policy
+ * without rules (POLICY_NO_EGRESS) costs no lookup. */
+static __always_inline int egress_check(struct bpf_sock_addr *ctx, __u64 owner,
+					const struct policy *p, bool v6)
 {
 	__u32 addr[4];
 
+	if (p->flags & POLICY_NO_EGRESS)
+		return SYSCALL_ALLOW;
 	egress_dst(ctx, v6, addr);
 	if (egress_allowed(owner, addr, bpf_ntohs(ctx->user_port), ctx->protocol))
 		return SYSCALL_ALLOW;

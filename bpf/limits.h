@@ -143,16 +143,21 @@ static __always_inline bool keys_equal(const struct conn_key *a, const struct co
 }
 
 /* limits_connect is the hook of connect4/6, after egress: it takes a slot
- * for the destination or fails the connect with EAGAIN. */
-static __always_inline int limits_connect(struct bpf_sock_addr *ctx, __u64 owner, bool v6)
+ * for the destination or fails the connect with EAGAIN. A policy without
+ * caps (POLICY_NO_LIMITS) costs no lookup. */
+static __always_inline int limits_connect(struct bpf_sock_addr *ctx, __u64 owner,
+					  const struct policy *p, bool v6)
 {
-	struct conn_limits *lim = bpf_map_lookup_elem(&limits, &owner);
 	struct conn_key key = {.owner = owner}, total = {.owner = owner};
 	struct bpf_sock *sk = ctx->sk;
 	struct conn_slot fresh = {}, *slot;
+	struct conn_limits *lim;
 	bool moving;
 	__u64 cookie;
 
+	if (p->flags & POLICY_NO_LIMITS)
+		return SYSCALL_ALLOW;
+	lim = bpf_map_lookup_elem(&limits, &owner);
 	if (!lim || !sk)
 		return SYSCALL_ALLOW;
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)

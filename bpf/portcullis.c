@@ -330,11 +330,11 @@ static __always_inline int policy_connect4(struct bpf_sock_addr *ctx)
 	}
 	if (ctx->user_ip4 != dst || ctx->user_port != port)
 		count_decision(cgroup_id, DECISION_CONNECT_TRANSLATED);
-	if (!(p->flags & POLICY_NO_EGRESS) && egress_check(ctx, cgroup_id, false) == SYSCALL_DENY) {
+	if (egress_check(ctx, cgroup_id, p, false) == SYSCALL_DENY) {
 		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
 		return SYSCALL_DENY;
 	}
-	if (!(p->flags & POLICY_NO_LIMITS) && limits_connect(ctx, cgroup_id, false) == SYSCALL_DENY) {
+	if (limits_connect(ctx, cgroup_id, p, false) == SYSCALL_DENY) {
 		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_CAP);
 		return SYSCALL_DENY;
 	}
@@ -361,11 +361,11 @@ static __always_inline int policy_connect6(struct bpf_sock_addr *ctx)
 	/* A translation always changes the port or the last word. */
 	if (ctx->user_ip6[3] != dst[3] || ctx->user_port != port)
 		count_decision(cgroup_id, DECISION_CONNECT_TRANSLATED);
-	if (!(p->flags & POLICY_NO_EGRESS) && egress_check(ctx, cgroup_id, true) == SYSCALL_DENY) {
+	if (egress_check(ctx, cgroup_id, p, true) == SYSCALL_DENY) {
 		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
 		return SYSCALL_DENY;
 	}
-	if (!(p->flags & POLICY_NO_LIMITS) && limits_connect(ctx, cgroup_id, true) == SYSCALL_DENY) {
+	if (limits_connect(ctx, cgroup_id, p, true) == SYSCALL_DENY) {
 		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_CAP);
 		return SYSCALL_DENY;
 	}
@@ -481,7 +481,7 @@ static __always_inline int policy_sendmsg4(struct bpf_sock_addr *ctx)
 	}
 	if (!isolation_source4(ctx, cgroup_id, p))
 		return SYSCALL_DENY;
-	if (!(p->flags & POLICY_NO_EGRESS) && egress_check(ctx, cgroup_id, false) == SYSCALL_DENY) {
+	if (egress_check(ctx, cgroup_id, p, false) == SYSCALL_DENY) {
 		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
 		return SYSCALL_DENY;
 	}
@@ -512,7 +512,7 @@ static __always_inline int policy_sendmsg6(struct bpf_sock_addr *ctx)
 	}
 	if (!isolation_source6(ctx, cgroup_id, p))
 		return SYSCALL_DENY;
-	if (!(p->flags & POLICY_NO_EGRESS) && egress_check(ctx, cgroup_id, true) == SYSCALL_DENY) {
+	if (egress_check(ctx, cgroup_id, p, true) == SYSCALL_DENY) {
 		count_decision(cgroup_id, DECISION_CONNECT_REFUSED_EGRESS);
 		return SYSCALL_DENY;
 	}
