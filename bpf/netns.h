@@ -17,6 +17,8 @@
  */
 #pragma once
 
+#include "kernel.h"
+
 #define NETNS_KEY (1ULL << 63)
 
 /* Only the task's namespace is read; CO-RE fixes the offsets. */
@@ -26,10 +28,6 @@ struct net {
 
 struct nsproxy {
 	struct net *net_ns;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
 /* Set by the loader on the copy attached to the common ancestor: that copy

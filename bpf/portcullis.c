@@ -43,7 +43,7 @@ struct {
  * it, and the deepest ancestor with a policy wins. */
 static __always_inline struct policy *cgroup_policy(__u64 *cgroup_id)
 {
-	__u64 id = bpf_get_current_cgroup_id();
+	__u64 id = current_cgroup_id();
 	struct policy *p = bpf_map_lookup_elem(&policies, &id);
 	struct policy *found = NULL;
 
