@@ -202,3 +202,46 @@ func TestPodmanHookHostNetwork(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestPodmanPublish: podman run -p on its CNI backend, with portcullis the
+// only plugin that takes portMappings (no portmap in the conflist). A
+// client in the containers' host namespace that dials 127.0.0.1 or ::1 on
+// the host port reaches the container's listener on its own port, and
+// podman rm takes the publication away. (podman itself listens on the host
+// port, from conmon, to reserve it; the reply proves the connection went
+// to the container instead.)
+func TestPodmanPublish(t *testing.T) {
+	e := newPodman(t)
+	busybox := testenv.RequireCommand(t, "busybox", "busybox-static")
+	const hostPort = "20681"
+	name := "pc-pub-" + testenv.Suffix()
+	e.must("run", "-d", "--cgroup-parent", e.cgroupParent, "--name", name, "--network", e.network,
+		"-p", hostPort+":"+criPort, crienv.BusyboxImage, "/bin/nc", "-ll", "-p", criPort, "-e", "/bin/echo", "published")
+	list := cniAttachments(t, e.stateDir)
+	if len(list) != 1 || len(list[0].Policy.PortMappings) != 1 || list[0].Policy.PortMappings[0].HostPort != 20681 {
+		t.Fatalf("attachments %+v, want one with podman's port mapping", list)
+	}
+	var pid int
+	fmt.Sscan(e.must("inspect", "-f", "{{.State.Pid}}", name), &pid)
+	ip := list[0].Policy.Addresses[0].String()
+	waitListeningOn(t, &testenv.NetNS{Path: fmt.Sprintf("/proc/%d/ns/net", pid)}, criPort, ip+":"+criPort, "[::ffff:"+ip+"]:"+criPort)
+	dial := func(addr string) (string, error) {
+		out, err := e.host.Command("timeout", "10", busybox, "nc", addr, hostPort).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	for _, addr := range []string{"127.0.0.1", "::1"} {
+		if out, err := dial(addr); err != nil || out != "published" {
+			t.Fatalf("nc %s %s from the host: %v %q, want the container's reply", addr, hostPort, err, out)
+		}
+	}
+	e.must("rm", "-f", "-t", "0", name)
+	for i := 0; len(cniAttachments(t, e.stateDir)) != 0; i++ {
+		if i == 100 {
+			t.Fatalf("attachments after podman rm: %+v", cniAttachments(t, e.stateDir))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out, err := dial("127.0.0.1"); err == nil || out == "published" {
+		t.Fatalf("nc 127.0.0.1 %s after podman rm: %q, want no reply", hostPort, out)
+	}
+}
