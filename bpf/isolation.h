@@ -248,13 +248,17 @@ static __always_inline bool isolation_source6(struct bpf_sock_addr *ctx, __u64 k
 /* Raw IPv4/IPv6 sockets and ICMP datagram ("ping") sockets: they never pass
  * the bind hook. Part of the one cgroup/sock_create program (portcullis.c),
  * for a socket of a container with policy p. */
+static __always_inline bool isolation_checks_socket(const struct bpf_sock *sk)
+{
+	return sk->type == SOCK_RAW ||
+	       (sk->type == SOCK_DGRAM &&
+		(sk->protocol == IPPROTO_ICMP || sk->protocol == IPPROTO_ICMPV6));
+}
+
 static __always_inline bool isolation_socket_denied(const struct bpf_sock *sk,
 						    const struct policy *p)
 {
-	bool ping = sk->type == SOCK_DGRAM &&
-		    (sk->protocol == IPPROTO_ICMP || sk->protocol == IPPROTO_ICMPV6);
-
-	if (sk->type != SOCK_RAW && !ping)
+	if (!isolation_checks_socket(sk))
 		return false;
 	return (p->flags & POLICY_HAS_ADDR) && !(p->flags & POLICY_ALLOW_RAW);
 }

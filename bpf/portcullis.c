@@ -400,8 +400,7 @@ int connect6(struct bpf_sock_addr *ctx)
 	return publish_connect6(ctx);
 }
 
-SEC("cgroup/sock_create")
-int sock_create(struct bpf_sock *sk)
+static __always_inline int policy_sock_create(struct bpf_sock *sk)
 {
 	__u64 key;
 	struct policy *p = current_policy(&key);
@@ -411,6 +410,27 @@ int sock_create(struct bpf_sock *sk)
 	if (isolation_socket_denied(sk, p))
 		return SYSCALL_DENY;
 	marks_sock_create(sk, key, p);
+	return SYSCALL_ALLOW;
+}
+
+SEC("cgroup/sock_create")
+int sock_create(struct bpf_sock *sk)
+{
+	return policy_sock_create(sk);
+}
+
+/* sock_create for an attachment whose policy has no mark, priority or
+ * DSCP: pkg/state links it in sock_create's place (the link keeps
+ * sock_create's name) and back before a policy change adds one. Then only
+ * raw and ICMP datagram sockets need the policy, and a TCP or UDP socket
+ * costs no lookup (about 90 ns, docs/performance.md). Nested attachments
+ * stay right: each link runs its own attachment's variant, and the full
+ * one applies the deepest policy, as before. */
+SEC("cgroup/sock_create")
+int sock_create_unmarked(struct bpf_sock *sk)
+{
+	if (netns_copy || isolation_checks_socket(sk))
+		return policy_sock_create(sk);
 	return SYSCALL_ALLOW;
 }
 

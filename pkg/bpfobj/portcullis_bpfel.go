@@ -267,54 +267,55 @@ type PortcullisUdpPeerKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	PortcullisMapAttachments     = "attachments"
-	PortcullisMapConnCounts      = "conn_counts"
-	PortcullisMapConnSlots       = "conn_slots"
-	PortcullisMapDecisions       = "decisions"
-	PortcullisMapDecisionsUser   = "decisions_user"
-	PortcullisMapEgressRules     = "egress_rules"
-	PortcullisMapGroupBits       = "group_bits"
-	PortcullisMapGroupMembers    = "group_members"
-	PortcullisMapGroupRefs       = "group_refs"
-	PortcullisMapHostAddrs       = "host_addrs"
-	PortcullisMapIsoOwners       = "iso_owners"
-	PortcullisMapIsoSocks        = "iso_socks"
-	PortcullisMapLimits          = "limits"
-	PortcullisMapPolicies        = "policies"
-	PortcullisMapPortmaps        = "portmaps"
-	PortcullisMapPublications    = "publications"
-	PortcullisMapSockOwners      = "sock_owners"
-	PortcullisMapSvcBackends     = "svc_backends"
-	PortcullisMapSvcCounts       = "svc_counts"
-	PortcullisMapSvcDrops        = "svc_drops"
-	PortcullisMapSvcFrontends    = "svc_frontends"
-	PortcullisMapSvcListeners    = "svc_listeners"
-	PortcullisMapSvcNames        = "svc_names"
-	PortcullisMapSvcPeers        = "svc_peers"
-	PortcullisMapSvcRegistry     = "svc_registry"
-	PortcullisMapSvcUdpPeers     = "svc_udp_peers"
-	PortcullisMapTraffic         = "traffic"
-	PortcullisProgAccountEgress  = "account_egress"
-	PortcullisProgAccountIngress = "account_ingress"
-	PortcullisProgBind4          = "bind4"
-	PortcullisProgBind6          = "bind6"
-	PortcullisProgConnect4       = "connect4"
-	PortcullisProgConnect6       = "connect6"
-	PortcullisProgGetpeername4   = "getpeername4"
-	PortcullisProgGetpeername6   = "getpeername6"
-	PortcullisProgGetsockname4   = "getsockname4"
-	PortcullisProgGetsockname6   = "getsockname6"
-	PortcullisProgPostBind4      = "post_bind4"
-	PortcullisProgPostBind6      = "post_bind6"
-	PortcullisProgRecvmsg4       = "recvmsg4"
-	PortcullisProgRecvmsg6       = "recvmsg6"
-	PortcullisProgSendmsg4       = "sendmsg4"
-	PortcullisProgSendmsg6       = "sendmsg6"
-	PortcullisProgSetsockopt     = "setsockopt"
-	PortcullisProgSockCreate     = "sock_create"
-	PortcullisProgSockOps        = "sock_ops"
-	PortcullisProgSockRelease    = "sock_release"
-	PortcullisVarNetnsCopy       = "netns_copy"
+	PortcullisMapAttachments         = "attachments"
+	PortcullisMapConnCounts          = "conn_counts"
+	PortcullisMapConnSlots           = "conn_slots"
+	PortcullisMapDecisions           = "decisions"
+	PortcullisMapDecisionsUser       = "decisions_user"
+	PortcullisMapEgressRules         = "egress_rules"
+	PortcullisMapGroupBits           = "group_bits"
+	PortcullisMapGroupMembers        = "group_members"
+	PortcullisMapGroupRefs           = "group_refs"
+	PortcullisMapHostAddrs           = "host_addrs"
+	PortcullisMapIsoOwners           = "iso_owners"
+	PortcullisMapIsoSocks            = "iso_socks"
+	PortcullisMapLimits              = "limits"
+	PortcullisMapPolicies            = "policies"
+	PortcullisMapPortmaps            = "portmaps"
+	PortcullisMapPublications        = "publications"
+	PortcullisMapSockOwners          = "sock_owners"
+	PortcullisMapSvcBackends         = "svc_backends"
+	PortcullisMapSvcCounts           = "svc_counts"
+	PortcullisMapSvcDrops            = "svc_drops"
+	PortcullisMapSvcFrontends        = "svc_frontends"
+	PortcullisMapSvcListeners        = "svc_listeners"
+	PortcullisMapSvcNames            = "svc_names"
+	PortcullisMapSvcPeers            = "svc_peers"
+	PortcullisMapSvcRegistry         = "svc_registry"
+	PortcullisMapSvcUdpPeers         = "svc_udp_peers"
+	PortcullisMapTraffic             = "traffic"
+	PortcullisProgAccountEgress      = "account_egress"
+	PortcullisProgAccountIngress     = "account_ingress"
+	PortcullisProgBind4              = "bind4"
+	PortcullisProgBind6              = "bind6"
+	PortcullisProgConnect4           = "connect4"
+	PortcullisProgConnect6           = "connect6"
+	PortcullisProgGetpeername4       = "getpeername4"
+	PortcullisProgGetpeername6       = "getpeername6"
+	PortcullisProgGetsockname4       = "getsockname4"
+	PortcullisProgGetsockname6       = "getsockname6"
+	PortcullisProgPostBind4          = "post_bind4"
+	PortcullisProgPostBind6          = "post_bind6"
+	PortcullisProgRecvmsg4           = "recvmsg4"
+	PortcullisProgRecvmsg6           = "recvmsg6"
+	PortcullisProgSendmsg4           = "sendmsg4"
+	PortcullisProgSendmsg6           = "sendmsg6"
+	PortcullisProgSetsockopt         = "setsockopt"
+	PortcullisProgSockCreate         = "sock_create"
+	PortcullisProgSockCreateUnmarked = "sock_create_unmarked"
+	PortcullisProgSockOps            = "sock_ops"
+	PortcullisProgSockRelease        = "sock_release"
+	PortcullisVarNetnsCopy           = "netns_copy"
 )
 
 // LoadPortcullis returns the embedded CollectionSpec for Portcullis.
@@ -359,26 +360,27 @@ type PortcullisSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortcullisProgramSpecs struct {
-	AccountEgress  *ebpf.ProgramSpec `ebpf:"account_egress"`
-	AccountIngress *ebpf.ProgramSpec `ebpf:"account_ingress"`
-	Bind4          *ebpf.ProgramSpec `ebpf:"bind4"`
-	Bind6          *ebpf.ProgramSpec `ebpf:"bind6"`
-	Connect4       *ebpf.ProgramSpec `ebpf:"connect4"`
-	Connect6       *ebpf.ProgramSpec `ebpf:"connect6"`
-	Getpeername4   *ebpf.ProgramSpec `ebpf:"getpeername4"`
-	Getpeername6   *ebpf.ProgramSpec `ebpf:"getpeername6"`
-	Getsockname4   *ebpf.ProgramSpec `ebpf:"getsockname4"`
-	Getsockname6   *ebpf.ProgramSpec `ebpf:"getsockname6"`
-	PostBind4      *ebpf.ProgramSpec `ebpf:"post_bind4"`
-	PostBind6      *ebpf.ProgramSpec `ebpf:"post_bind6"`
-	Recvmsg4       *ebpf.ProgramSpec `ebpf:"recvmsg4"`
-	Recvmsg6       *ebpf.ProgramSpec `ebpf:"recvmsg6"`
-	Sendmsg4       *ebpf.ProgramSpec `ebpf:"sendmsg4"`
-	Sendmsg6       *ebpf.ProgramSpec `ebpf:"sendmsg6"`
-	Setsockopt     *ebpf.ProgramSpec `ebpf:"setsockopt"`
-	SockCreate     *ebpf.ProgramSpec `ebpf:"sock_create"`
-	SockOps        *ebpf.ProgramSpec `ebpf:"sock_ops"`
-	SockRelease    *ebpf.ProgramSpec `ebpf:"sock_release"`
+	AccountEgress      *ebpf.ProgramSpec `ebpf:"account_egress"`
+	AccountIngress     *ebpf.ProgramSpec `ebpf:"account_ingress"`
+	Bind4              *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6              *ebpf.ProgramSpec `ebpf:"bind6"`
+	Connect4           *ebpf.ProgramSpec `ebpf:"connect4"`
+	Connect6           *ebpf.ProgramSpec `ebpf:"connect6"`
+	Getpeername4       *ebpf.ProgramSpec `ebpf:"getpeername4"`
+	Getpeername6       *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	Getsockname4       *ebpf.ProgramSpec `ebpf:"getsockname4"`
+	Getsockname6       *ebpf.ProgramSpec `ebpf:"getsockname6"`
+	PostBind4          *ebpf.ProgramSpec `ebpf:"post_bind4"`
+	PostBind6          *ebpf.ProgramSpec `ebpf:"post_bind6"`
+	Recvmsg4           *ebpf.ProgramSpec `ebpf:"recvmsg4"`
+	Recvmsg6           *ebpf.ProgramSpec `ebpf:"recvmsg6"`
+	Sendmsg4           *ebpf.ProgramSpec `ebpf:"sendmsg4"`
+	Sendmsg6           *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	Setsockopt         *ebpf.ProgramSpec `ebpf:"setsockopt"`
+	SockCreate         *ebpf.ProgramSpec `ebpf:"sock_create"`
+	SockCreateUnmarked *ebpf.ProgramSpec `ebpf:"sock_create_unmarked"`
+	SockOps            *ebpf.ProgramSpec `ebpf:"sock_ops"`
+	SockRelease        *ebpf.ProgramSpec `ebpf:"sock_release"`
 }
 
 // PortcullisMapSpecs contains maps before they are loaded into the kernel.
@@ -513,26 +515,27 @@ type PortcullisVariables struct {
 //
 // It can be passed to LoadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortcullisPrograms struct {
-	AccountEgress  *ebpf.Program `ebpf:"account_egress"`
-	AccountIngress *ebpf.Program `ebpf:"account_ingress"`
-	Bind4          *ebpf.Program `ebpf:"bind4"`
-	Bind6          *ebpf.Program `ebpf:"bind6"`
-	Connect4       *ebpf.Program `ebpf:"connect4"`
-	Connect6       *ebpf.Program `ebpf:"connect6"`
-	Getpeername4   *ebpf.Program `ebpf:"getpeername4"`
-	Getpeername6   *ebpf.Program `ebpf:"getpeername6"`
-	Getsockname4   *ebpf.Program `ebpf:"getsockname4"`
-	Getsockname6   *ebpf.Program `ebpf:"getsockname6"`
-	PostBind4      *ebpf.Program `ebpf:"post_bind4"`
-	PostBind6      *ebpf.Program `ebpf:"post_bind6"`
-	Recvmsg4       *ebpf.Program `ebpf:"recvmsg4"`
-	Recvmsg6       *ebpf.Program `ebpf:"recvmsg6"`
-	Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
-	Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
-	Setsockopt     *ebpf.Program `ebpf:"setsockopt"`
-	SockCreate     *ebpf.Program `ebpf:"sock_create"`
-	SockOps        *ebpf.Program `ebpf:"sock_ops"`
-	SockRelease    *ebpf.Program `ebpf:"sock_release"`
+	AccountEgress      *ebpf.Program `ebpf:"account_egress"`
+	AccountIngress     *ebpf.Program `ebpf:"account_ingress"`
+	Bind4              *ebpf.Program `ebpf:"bind4"`
+	Bind6              *ebpf.Program `ebpf:"bind6"`
+	Connect4           *ebpf.Program `ebpf:"connect4"`
+	Connect6           *ebpf.Program `ebpf:"connect6"`
+	Getpeername4       *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6       *ebpf.Program `ebpf:"getpeername6"`
+	Getsockname4       *ebpf.Program `ebpf:"getsockname4"`
+	Getsockname6       *ebpf.Program `ebpf:"getsockname6"`
+	PostBind4          *ebpf.Program `ebpf:"post_bind4"`
+	PostBind6          *ebpf.Program `ebpf:"post_bind6"`
+	Recvmsg4           *ebpf.Program `ebpf:"recvmsg4"`
+	Recvmsg6           *ebpf.Program `ebpf:"recvmsg6"`
+	Sendmsg4           *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6           *ebpf.Program `ebpf:"sendmsg6"`
+	Setsockopt         *ebpf.Program `ebpf:"setsockopt"`
+	SockCreate         *ebpf.Program `ebpf:"sock_create"`
+	SockCreateUnmarked *ebpf.Program `ebpf:"sock_create_unmarked"`
+	SockOps            *ebpf.Program `ebpf:"sock_ops"`
+	SockRelease        *ebpf.Program `ebpf:"sock_release"`
 }
 
 func (p *PortcullisPrograms) Close() error {
@@ -555,6 +558,7 @@ func (p *PortcullisPrograms) Close() error {
 		p.Sendmsg6,
 		p.Setsockopt,
 		p.SockCreate,
+		p.SockCreateUnmarked,
 		p.SockOps,
 		p.SockRelease,
 	)

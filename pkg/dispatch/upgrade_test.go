@@ -5,10 +5,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cilium/ebpf/link"
-
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/state"
+	"github.com/portcullis-net/portcullis/test/testenv"
 )
 
 // portcullisctl upgrade swaps a dispatcher's sk_lookup program in place:
@@ -23,18 +22,7 @@ func TestUpgradeKeepsDispatching(t *testing.T) {
 	if len(links) != 1 {
 		t.Fatalf("dispatcher links: %v", links)
 	}
-	prog := func() uint32 {
-		l, err := link.LoadPinnedLink(links[0], nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		info, err := l.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return uint32(info.Program)
-	}
+	prog := func() uint32 { return uint32(testenv.LinkProgram(t, links[0])) }
 	before := prog()
 	// Layout 1: no record, the old program table name.
 	os.Remove(filepath.Join(w.dir, "maps", "layout"))

@@ -193,18 +193,7 @@ func TestRulesAndCapsAddedInPlace(t *testing.T) {
 
 	set := func(doc string) {
 		t.Helper()
-		pol, err := policy.Parse([]byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := state.Open(dir, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if _, err := s.SetPolicy("inplace", pol); err != nil {
-			t.Fatal(err)
-		}
+		testenv.SetPolicy(t, dir, "inplace", doc)
 	}
 	set(`{"addresses": ["127.13.3.2"], "egress": [{"action": "deny", "cidr": "127.13.3.3/32"}]}`)
 	p.Connect(t, "tcp", dst.Addr, "EPERM")

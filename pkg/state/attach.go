@@ -202,7 +202,7 @@ func (s *State) Attach(req AttachRequest) (_ *Attachment, err error) {
 	}
 	for _, p := range progs {
 		name := p.name
-		prog, err := s.loadProgram(name)
+		prog, err := s.loadProgram(programFor(name, req.Policy))
 		if err != nil {
 			return nil, err
 		}

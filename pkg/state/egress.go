@@ -133,9 +133,19 @@ func (s *State) replacePolicy(old, next *Attachment) error {
 			s.portmaps.Delete(&e.key)
 		}
 	}
+	if marksSockets(&next.Policy) {
+		if err := s.relinkSockCreate(next, &next.Policy); err != nil {
+			return err
+		}
+	}
 	key := policyKey(next)
 	if err := s.put(s.policies, &key, &now.policy); err != nil {
 		return err
+	}
+	if !marksSockets(&next.Policy) {
+		if err := s.relinkSockCreate(next, &next.Policy); err != nil {
+			return err
+		}
 	}
 	if err := s.syncGuards(next, &old.Policy); err != nil {
 		return err

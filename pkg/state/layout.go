@@ -32,7 +32,10 @@ import (
 //	   tcx links are gone
 //	4  publications gain host_addr (a mapping's hostIP), at the end;
 //	   the namespace copy's sendmsg4/6 publish to unconnected UDP
-const LayoutVersion = 4
+//	5  progs/sock_create_unmarked, linked as an attachment's sock_create
+//	   when its policy has no mark, priority or DSCP (sockcreate.go); a
+//	   build of layout 4 changing such a policy would not relink it
+const LayoutVersion = 5
 
 // layoutMapName holds the layout version of the state and the build that
 // loaded or last upgraded it. bpffs holds only pins, so it is a map: an

@@ -47,6 +47,9 @@ func writePrograms(m *ebpf.Map, spec *ebpf.CollectionSpec) error {
 		default:
 			continue
 		}
+		if name == progSockCreateUnmarked {
+			continue // linked in sock_create's place (sockcreate.go)
+		}
 		row := programRow{Attach: uint32(p.AttachType)}
 		if len(name) >= len(row.Name) || slot >= m.MaxEntries() {
 			return fmt.Errorf("program %s does not fit the program table", name)

@@ -239,16 +239,7 @@ func linkPrograms(t *testing.T, dir string) map[string]ebpf.ProgramID {
 	paths, _ := filepath.Glob(filepath.Join(dir, "*"))
 	out := map[string]ebpf.ProgramID{}
 	for _, path := range paths {
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := l.Info()
-		l.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[filepath.Base(path)] = info.Program
+		out[filepath.Base(path)] = testenv.LinkProgram(t, path)
 	}
 	return out
 }

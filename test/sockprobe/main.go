@@ -43,8 +43,11 @@ type result struct {
 	// Peer is the source of the reply.
 	PeerName string `json:"peername,omitempty"`
 	Reply    string `json:"reply,omitempty"`
-	Errno    string `json:"errno,omitempty"`
-	Error    string `json:"error,omitempty"`
+	// Mark is a connected client's SO_MARK (what its container's policy
+	// gave the socket at creation), when not 0.
+	Mark  uint32 `json:"mark,omitempty"`
+	Errno string `json:"errno,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 func emit(r result) {
@@ -315,6 +318,9 @@ func dial(fd int, ap netip.AddrPort, proto, send string, hold bool) {
 		}
 	}
 	r := result{OK: true, Event: "connected", Local: local(fd)}
+	if mark, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); err == nil {
+		r.Mark = uint32(mark)
+	}
 	if sa, err := unix.Getpeername(fd); err == nil {
 		r.Peer = format(sa)
 	}

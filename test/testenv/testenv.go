@@ -369,8 +369,10 @@ type ProbeResult struct {
 	// reply's source there).
 	PeerName string `json:"peername"`
 	Reply    string `json:"reply"`
-	Errno    string `json:"errno"`
-	Error    string `json:"error"`
+	// Mark is a connected client's SO_MARK.
+	Mark  uint32 `json:"mark"`
+	Errno string `json:"errno"`
+	Error string `json:"error"`
 }
 
 // ParseProbe decodes a sockprobe line.
@@ -446,6 +448,24 @@ func Attach(t testing.TB, dir, id, path, doc, netns string) *state.Attachment {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// SetPolicy changes attachment id's policy in place to doc (JSON),
+// failing the test on any error.
+func SetPolicy(t testing.TB, dir, id, doc string) {
+	t.Helper()
+	p, err := policy.Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := state.Open(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.SetPolicy(id, p); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Detach removes attachment id from the state at dir, failing the test on

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/portcullis-net/portcullis/pkg/cgroup"
 	"github.com/portcullis-net/portcullis/pkg/state"
@@ -221,16 +220,7 @@ func (e *Env) LinkPrograms(t testing.TB) map[string]ebpf.ProgramID {
 	paths, _ := filepath.Glob(filepath.Join(e.Dir, "cgroups", "*", "*"))
 	out := map[string]ebpf.ProgramID{}
 	for _, path := range paths {
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			t.Fatalf("link %s: %v", path, err)
-		}
-		info, err := l.Info()
-		l.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[strings.TrimPrefix(path, e.Dir+"/")] = info.Program
+		out[strings.TrimPrefix(path, e.Dir+"/")] = testenv.LinkProgram(t, path)
 	}
 	return out
 }

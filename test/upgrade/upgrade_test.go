@@ -24,6 +24,7 @@ var releases = []struct {
 	{"portcullisctl-layout1.gz", 1, "state from another version"},
 	{"portcullisctl-layout2.gz", 2, "newer than this build's 2"},
 	{"portcullisctl-layout3.gz", 3, "newer than this build's 3"},
+	{"portcullisctl-layout4.gz", 4, "newer than this build's 4"},
 }
 
 // The upgrade under load: a real state of each previous layout, traffic
