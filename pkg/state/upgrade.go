@@ -448,11 +448,31 @@ func (u *upgrader) swap() error {
 		defer prog.Close()
 		cgroupProgs[p.name] = prog
 	}
+	// An attachment whose policy marks nothing links the unmarked
+	// sock_create (sockcreate.go), as a new attachment would.
+	unmarked, err := load([2]string{u.staging("progs"), u.path("progs")}, progSockCreateUnmarked)
+	if err != nil {
+		return err
+	}
+	defer unmarked.Close()
+	unmarkedProgs := map[string]*ebpf.Program{}
+	for name, prog := range cgroupProgs {
+		unmarkedProgs[name] = prog
+	}
+	unmarkedProgs[progSockCreate] = unmarked
 	view, err := u.recordsView()
 	if err != nil {
 		return err
 	}
 	defer view.Close()
+
+	// One batch read of the records, not one lookup per attachment.
+	records := map[string]*Attachment{}
+	if list, err := view.Attachments(); err == nil {
+		for i := range list {
+			records[list[i].ID] = &list[i]
+		}
+	}
 
 	folders, _ := filepath.Glob(u.path("cgroups", "*"))
 	for _, folder := range folders {
@@ -460,13 +480,21 @@ func (u *upgrader) swap() error {
 		if strings.HasPrefix(id, "_") {
 			continue // a crashed attach's; the next detach removes it
 		}
+		a := records[id]
+		if a == nil {
+			a, _ = view.Get(id)
+		}
 		cgPath := func() string {
-			if a, err := view.Get(id); err == nil {
+			if a != nil {
 				return a.CgroupPath
 			}
 			return ""
 		}
-		if err := u.swapFolder(folder, progs, cgroupProgs, cgPath); err != nil {
+		linked := cgroupProgs
+		if a != nil && !marksSockets(&a.Policy) {
+			linked = unmarkedProgs
+		}
+		if err := u.swapFolder(folder, progs, linked, cgPath); err != nil {
 			return fmt.Errorf("attachment %s: %w", id, err)
 		}
 		u.report.Attachments++

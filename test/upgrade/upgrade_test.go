@@ -117,6 +117,14 @@ func upgradeUnderLoad(t *testing.T, e *Env, from int, refused string) {
 			t.Errorf("link %s still runs the old program %d", path, id)
 		}
 	}
+	// None of the three policies marks sockets: each links the unmarked
+	// sock_create, as a new attachment would.
+	unmarked := testenv.PinnedProgram(t, filepath.Join(e.Dir, "progs", "sock_create_unmarked"))
+	for name := range e.Groups {
+		if id := newLinks[filepath.Join("cgroups", name, "sock_create")]; id != unmarked {
+			t.Errorf("attachment %s: sock_create runs program %d, want sock_create_unmarked (%d)", name, id, unmarked)
+		}
+	}
 	s, err := state.Open(e.Dir, false)
 	if err != nil {
 		t.Fatal(err)
