@@ -14,6 +14,7 @@ packages=(
 	stress-ng                                   # CI runs the suite once more under CPU pressure
 	etcd-server etcd-client                     # multi-host service sync tests
 	tcpdump nftables iptables                   # wire checks; the reference portmap plugin
+	libcap2-bin                                 # capsh: a load without CAP_PERFMON
 	git make ca-certificates
 )
 

@@ -12,7 +12,7 @@ import (
 func TestDoctorReportsEveryFeature(t *testing.T) {
 	dir := testenv.StateDir(t)
 	out := mustRun(t, "doctor", "--state-dir", dir)
-	for _, name := range []string{"cgroup v2", "bpffs", "BTF", "helper bpf_bind", "kfunc bpf_sock_destroy", "iterator tcp", "program type SkLookup", "attach type CGroupInet4Bind", "attach type CgroupInet6GetSockname"} {
+	for _, name := range []string{"capabilities", "cgroup v2", "bpffs", "BTF", "helper bpf_bind", "kfunc bpf_sock_destroy", "iterator tcp", "program type SkLookup", "attach type CGroupInet4Bind", "attach type CgroupInet6GetSockname"} {
 		if !strings.Contains(out, name) {
 			t.Errorf("doctor does not report %q:\n%s", name, out)
 		}

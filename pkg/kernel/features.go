@@ -41,6 +41,12 @@ func Check(bpffsDir string) []Feature {
 		out = append(out, f)
 	}
 
+	var capErr error
+	if missing := MissingCapabilities(); missing != "" {
+		capErr = fmt.Errorf("this process lacks %s; loading the programs needs %s (root has them)", missing, LoadCapabilities)
+	}
+	add("capabilities", true, capErr, LoadCapabilities)
+
 	mount, err := cgroup.Mount()
 	add("cgroup v2", true, err, mount)
 

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-net/portcullis/pkg/bpfobj"
+	"github.com/portcullis-net/portcullis/pkg/kernel"
 )
 
 // DefaultDir is where the state is pinned unless PORTCULLIS_STATE_DIR says
@@ -363,6 +364,11 @@ func flock(path string, how int) (func(), error) {
 
 func explainLoadError(err error) error {
 	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) || errors.Is(err, unix.EPERM) {
+		if missing := kernel.MissingCapabilities(); missing != "" {
+			return fmt.Errorf("loading the portcullis programs needs %s (root has them); this process lacks %s: %w", kernel.LoadCapabilities, missing, err)
+		}
+	}
 	if errors.As(err, &verr) {
 		return fmt.Errorf("the kernel refused the portcullis programs (run portcullisctl doctor): %w", err)
 	}
