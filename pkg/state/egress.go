@@ -133,7 +133,11 @@ func (s *State) replacePolicy(old, next *Attachment) error {
 			s.portmaps.Delete(&e.key)
 		}
 	}
-	if marksSockets(&next.Policy) {
+	// The sock_create variant changes only when marking does (attach and
+	// upgrade link the right one): to the full program before a policy
+	// that marks is written, back after one that does not.
+	wasMarking, marking := marksSockets(&old.Policy), marksSockets(&next.Policy)
+	if marking && !wasMarking {
 		if err := s.relinkSockCreate(next, &next.Policy); err != nil {
 			return err
 		}
@@ -142,7 +146,7 @@ func (s *State) replacePolicy(old, next *Attachment) error {
 	if err := s.put(s.policies, &key, &now.policy); err != nil {
 		return err
 	}
-	if !marksSockets(&next.Policy) {
+	if wasMarking && !marking {
 		if err := s.relinkSockCreate(next, &next.Policy); err != nil {
 			return err
 		}

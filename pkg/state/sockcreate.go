@@ -41,10 +41,11 @@ func programFor(name string, p *policy.Policy) string {
 
 // relinkSockCreate points a cgroup attachment's sock_create link at the
 // variant policy p needs, in place (BPF_LINK_UPDATE: every socket is
-// created under one of the two). replacePolicy calls it before writing a
-// policy that marks sockets and after writing one that does not, so that
-// no socket is ever created by the unmarked variant under a policy with a
-// mark. An attachment keyed by network namespace has no links of its own.
+// created under one of the two). replacePolicy calls it when a policy
+// change starts or stops marking: before writing a policy that marks
+// sockets, after writing one that does not, so that no socket is ever
+// created by the unmarked variant under a policy with a mark. An
+// attachment keyed by network namespace has no links of its own.
 func (s *State) relinkSockCreate(a *Attachment, p *policy.Policy) error {
 	if a.KeyedByNetNS() {
 		return nil
