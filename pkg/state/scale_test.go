@@ -128,7 +128,7 @@ func attachedPrograms(t *testing.T, cg cgroup.Cgroup) int {
 	}
 	defer f.Close()
 	n := 0
-	for _, at := range cgroupAttachTypes {
+	for _, at := range testenv.CgroupAttachTypes {
 		r, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
 		if err != nil {
 			t.Fatalf("query %s programs of %s: %v", at, cg.Path, err)
@@ -136,13 +136,4 @@ func attachedPrograms(t *testing.T, cg cgroup.Cgroup) int {
 		n += len(r.Programs)
 	}
 	return n
-}
-
-var cgroupAttachTypes = []ebpf.AttachType{
-	ebpf.AttachCGroupInet4Bind, ebpf.AttachCGroupInet6Bind, ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
-	ebpf.AttachCGroupInet4PostBind, ebpf.AttachCGroupInet6PostBind, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP6Sendmsg,
-	ebpf.AttachCGroupUDP4Recvmsg, ebpf.AttachCGroupUDP6Recvmsg, ebpf.AttachCgroupInet4GetSockname, ebpf.AttachCgroupInet6GetSockname,
-	ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCgroupInet6GetPeername, ebpf.AttachCgroupInetSockRelease,
-	ebpf.AttachCGroupInetSockCreate, ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetEgress,
-	ebpf.AttachCGroupGetsockopt, ebpf.AttachCGroupSetsockopt,
 }

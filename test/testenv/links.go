@@ -37,3 +37,14 @@ func PinnedProgram(t testing.TB, path string) ebpf.ProgramID {
 	id, _ := info.ID()
 	return id
 }
+
+// CgroupAttachTypes are the cgroup attach types a portcullis attachment
+// can use.
+var CgroupAttachTypes = []ebpf.AttachType{
+	ebpf.AttachCGroupInet4Bind, ebpf.AttachCGroupInet6Bind, ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
+	ebpf.AttachCGroupInet4PostBind, ebpf.AttachCGroupInet6PostBind, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP6Sendmsg,
+	ebpf.AttachCGroupUDP4Recvmsg, ebpf.AttachCGroupUDP6Recvmsg, ebpf.AttachCgroupInet4GetSockname, ebpf.AttachCgroupInet6GetSockname,
+	ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCgroupInet6GetPeername, ebpf.AttachCgroupInetSockRelease,
+	ebpf.AttachCGroupInetSockCreate, ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetEgress,
+	ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCGroupSetsockopt,
+}
