@@ -68,7 +68,7 @@ fuzz:
 # The bind and connect ratios are the median of 100-op blocks: 2,000 ops
 # give 20 blocks a side, which moves the ratio by +-0.03 from run to run,
 # so those two get 20,000 ops (200 blocks, about 15 s) and three rounds.
-RATIO_BENCH := ^(BenchmarkBind|BenchmarkConnect)$$
+RATIO_BENCH := ^(BenchmarkBind|BenchmarkConnect|BenchmarkConnectGuarded)$$
 bench: deps build
 	$(GO) test -run '^$$' -bench '$(RATIO_BENCH)' -benchtime 20000x -count 3 ./test/bench/
 	$(GO) test -run '^$$' -bench . -skip '$(RATIO_BENCH)' -benchtime 2000x -count 1 ./test/bench/...
